@@ -1,0 +1,51 @@
+"""Sliding-window geometry shared by Conv and pooling rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from onnx_explain.autodiff.context import RuleContext
+
+
+@dataclasses.dataclass
+class Window:
+    """Explicit geometry of an N-d sliding window (per spatial axis lists)."""
+
+    kernel: list[int]
+    strides: list[int]
+    dilations: list[int]
+    pad_begin: list[int]
+    pad_end: list[int]
+    in_size: list[int]
+    out_size: list[int]
+
+    @property
+    def extent(self) -> list[int]:
+        return [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations)]
+
+
+def window_of(ctx: RuleContext, kernel: list[int]) -> Window:
+    x_dims, y_dims = ctx.shape(ctx.x), ctx.shape(ctx.y)
+    n = len(kernel)
+    in_size, out_size = x_dims[2:], y_dims[2:]
+    if any(d is None for d in in_size + out_size):
+        raise ctx.unsupported("sliding windows need static spatial sizes")
+    strides = list(ctx.attr("strides") or [1] * n)
+    dilations = list(ctx.attr("dilations") or [1] * n)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for i in range(n):
+            total = max(0, (math.ceil(in_size[i] / strides[i]) - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - in_size[i])
+            small, big = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else big)
+            end.append(big if auto_pad == "SAME_UPPER" else small)
+    elif auto_pad == "VALID":
+        begin, end = [0] * n, [0] * n
+    else:
+        pads = list(ctx.attr("pads") or [0] * (2 * n))
+        begin, end = pads[:n], pads[n:]
+    return Window(list(kernel), strides, dilations, begin, end, list(in_size), list(out_size))

@@ -1,0 +1,133 @@
+"""Pointwise activations: the gradient is the output gradient times a local derivative."""
+
+from __future__ import annotations
+
+import math
+
+from onnx_explain.autodiff.context import RuleContext
+from onnx_explain.autodiff.registry import register
+
+
+def _masked(ctx: RuleContext, mask, dy):
+    return ctx.op("Where", mask, dy, ctx.scalar(0.0, dy))
+
+
+@register("Relu")
+def relu(ctx: RuleContext):
+    dy = ctx.dy[0]
+    if ctx.mode == "guided":  # guided backprop: only positive gradients pass back
+        dy = ctx.op("Relu", dy)
+    return [_masked(ctx, ctx.op("Greater", ctx.x, ctx.scalar(0.0)), dy)]
+
+
+@register("LeakyRelu")
+def leaky_relu(ctx: RuleContext):
+    alpha = ctx.attr("alpha", 0.01)
+    dy = ctx.dy[0]
+    return [ctx.op("Where", ctx.op("Greater", ctx.x, ctx.scalar(0.0)), dy, ctx.op("Mul", dy, ctx.scalar(alpha)))]
+
+
+@register("PRelu")
+def prelu(ctx: RuleContext):
+    if ctx.needs(1):
+        raise ctx.unsupported("gradient with respect to the slope")
+    dy = ctx.dy[0]
+    slope = ctx.node.inputs[1]
+    return [ctx.op("Where", ctx.op("Greater", ctx.x, ctx.scalar(0.0)), dy, ctx.op("Mul", dy, slope)), None]
+
+
+@register("Clip")
+def clip(ctx: RuleContext):
+    # Same convention as torch's hardtanh/ReLU6: zero gradient at and beyond the bounds.
+    lo, hi = ctx.input(1), ctx.input(2)
+    if ctx.needs(1) or ctx.needs(2):
+        raise ctx.unsupported("gradient with respect to the clip bounds")
+    mask = None
+    if lo is not None:
+        mask = ctx.op("Greater", ctx.x, lo)
+    if hi is not None:
+        upper = ctx.op("Less", ctx.x, hi)
+        mask = upper if mask is None else ctx.op("And", mask, upper)
+    dx = ctx.dy[0] if mask is None else _masked(ctx, mask, ctx.dy[0])
+    return [dx] + [None] * (len(ctx.node.inputs) - 1)
+
+
+@register("Sigmoid")
+def sigmoid(ctx: RuleContext):
+    y = ctx.y
+    return [ctx.op("Mul", ctx.dy[0], ctx.op("Mul", y, ctx.op("Sub", ctx.scalar(1.0), y)))]
+
+
+@register("HardSigmoid")
+def hard_sigmoid(ctx: RuleContext):
+    alpha, beta = ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5)
+    v = ctx.op("Add", ctx.op("Mul", ctx.x, ctx.scalar(alpha)), ctx.scalar(beta))
+    inside = ctx.op("And", ctx.op("Greater", v, ctx.scalar(0.0)), ctx.op("Less", v, ctx.scalar(1.0)))
+    return [_masked(ctx, inside, ctx.op("Mul", ctx.dy[0], ctx.scalar(alpha)))]
+
+
+@register("HardSwish")
+def hard_swish(ctx: RuleContext):
+    # y = x * clip(x/6 + 1/2, 0, 1); torch's backward: 0 below -3, x/3 + 1/2 up to 3, then 1.
+    x = ctx.x
+    mid = ctx.op("Add", ctx.op("Div", x, ctx.scalar(3.0)), ctx.scalar(0.5))
+    local = ctx.op("Where", ctx.op("LessOrEqual", x, ctx.scalar(3.0)), mid, ctx.scalar(1.0))
+    local = ctx.op("Where", ctx.op("Less", x, ctx.scalar(-3.0)), ctx.scalar(0.0), local)
+    return [ctx.op("Mul", ctx.dy[0], local)]
+
+
+@register("Tanh")
+def tanh(ctx: RuleContext):
+    y = ctx.y
+    return [ctx.op("Mul", ctx.dy[0], ctx.op("Sub", ctx.scalar(1.0), ctx.op("Mul", y, y)))]
+
+
+@register("Erf")
+def erf(ctx: RuleContext):
+    x = ctx.x
+    local = ctx.op("Mul", ctx.op("Exp", ctx.op("Neg", ctx.op("Mul", x, x))), ctx.scalar(2.0 / math.sqrt(math.pi)))
+    return [ctx.op("Mul", ctx.dy[0], local)]
+
+
+@register("Gelu")
+def gelu(ctx: RuleContext):
+    x = ctx.x
+    if ctx.attr("approximate", "none") == "tanh":
+        c, k = math.sqrt(2.0 / math.pi), 0.044715
+        x2 = ctx.op("Mul", x, x)
+        u = ctx.op("Mul", ctx.op("Add", x, ctx.op("Mul", ctx.op("Mul", x2, x), ctx.scalar(k))), ctx.scalar(c))
+        t = ctx.op("Tanh", u)
+        du = ctx.op("Mul", ctx.op("Add", ctx.scalar(1.0), ctx.op("Mul", x2, ctx.scalar(3 * k))), ctx.scalar(c))
+        sech2 = ctx.op("Sub", ctx.scalar(1.0), ctx.op("Mul", t, t))
+        local = ctx.op(
+            "Add",
+            ctx.op("Mul", ctx.op("Add", ctx.scalar(1.0), t), ctx.scalar(0.5)),
+            ctx.op("Mul", ctx.op("Mul", ctx.op("Mul", x, sech2), du), ctx.scalar(0.5)),
+        )
+    else:
+        cdf = ctx.op("Mul", ctx.op("Add", ctx.scalar(1.0), ctx.op("Erf", ctx.op("Mul", x, ctx.scalar(1 / math.sqrt(2))))), ctx.scalar(0.5))
+        pdf = ctx.op("Mul", ctx.op("Exp", ctx.op("Mul", ctx.op("Mul", x, x), ctx.scalar(-0.5))), ctx.scalar(1 / math.sqrt(2 * math.pi)))
+        local = ctx.op("Add", cdf, ctx.op("Mul", x, pdf))
+    return [ctx.op("Mul", ctx.dy[0], local)]
+
+
+def _softmax_axis(ctx: RuleContext) -> int:
+    if ctx.opset < 13:
+        raise ctx.unsupported("Softmax before opset 13 (flattening semantics)")
+    return ctx.attr("axis", -1)
+
+
+@register("Softmax")
+def softmax(ctx: RuleContext):
+    axis = _softmax_axis(ctx)
+    y, dy = ctx.y, ctx.dy[0]
+    inner = ctx.op("ReduceSum", ctx.op("Mul", dy, y), ctx.ints([axis]), keepdims=1)
+    return [ctx.op("Mul", y, ctx.op("Sub", dy, inner))]
+
+
+@register("LogSoftmax")
+def log_softmax(ctx: RuleContext):
+    axis = _softmax_axis(ctx)
+    dy = ctx.dy[0]
+    total = ctx.op("ReduceSum", dy, ctx.ints([axis]), keepdims=1)
+    return [ctx.op("Sub", dy, ctx.op("Mul", ctx.op("Exp", ctx.y), total))]

@@ -1,0 +1,94 @@
+"""Conv: the input gradient, emitted in the form ONNX Runtime runs fast.
+
+Two equivalent forms of ``dX``:
+
+* ``ConvTranspose(dY, W)`` with explicit ``pads`` and ``output_padding`` (never
+  ``output_shape``, which makes ONNX ignore ``pads``);
+* a stride-1 ``Conv`` of the zero-upsampled ``dY`` with the flipped, group-transposed
+  kernel.  ONNX Runtime runs depthwise ``ConvTranspose`` very slowly, so grouped
+  convolutions use this form; the flipped kernel is computed in-graph from the shared
+  weight, so the file does not grow (ONNX Runtime folds it once at load time).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx_explain.autodiff.context import RuleContext
+from onnx_explain.autodiff.registry import register
+from onnx_explain.autodiff.rules._windows import Window, window_of
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+@register("Conv")
+def conv(ctx: RuleContext):
+    if ctx.needs(1) or ctx.needs(2):
+        raise ctx.unsupported("gradient with respect to Conv weights or bias")
+    w = ctx.node.inputs[1]
+    w_dims = ctx.static_shape(w, skip_batch=False)
+    kernel = list(ctx.attr("kernel_shape") or w_dims[2:])
+    group = ctx.attr("group", 1)
+    win = window_of(ctx, kernel)
+    if group > 1 and len(kernel) == 2:
+        dx = _as_flipped_conv(ctx, w, w_dims, group, win)
+    else:
+        dx = _as_conv_transpose(ctx, w, group, win)
+    return [dx, None, None][: len(ctx.node.inputs)]
+
+
+def _as_conv_transpose(ctx: RuleContext, w, group: int, win: Window):
+    n = len(win.kernel)
+    out_pad, extra = [], []
+    for i in range(n):
+        natural = (win.out_size[i] - 1) * win.strides[i] + win.extent[i] - win.pad_begin[i] - win.pad_end[i]
+        missing = win.in_size[i] - natural  # trailing inputs no window reached: zero gradient
+        op = min(max(missing, 0), max(win.strides[i], win.dilations[i]) - 1)
+        out_pad.append(op)
+        extra.append(missing - op)
+    dx = ctx.op(
+        "ConvTranspose", ctx.dy[0], w,
+        kernel_shape=win.kernel, strides=win.strides, dilations=win.dilations,
+        pads=win.pad_begin + win.pad_end, output_padding=out_pad, group=group,
+    )
+    if any(extra):
+        dx = _pad_or_crop_spatial(ctx, dx, [0] * n, extra)
+    return dx
+
+
+def _as_flipped_conv(ctx: RuleContext, w, w_dims: list[int], group: int, win: Window):
+    c_out, c_in_g, kh, kw = w_dims
+    c_in = c_in_g * group
+    # Kernel of the adjoint: per group swap in/out channels, then flip spatially.
+    if c_in_g == 1 and c_out == group:
+        w_t = w
+    else:
+        w_t = ctx.op("Reshape", w, ctx.ints([group, c_out // group, c_in_g, kh, kw]))
+        w_t = ctx.op("Transpose", w_t, perm=[0, 2, 1, 3, 4])
+        w_t = ctx.op("Reshape", w_t, ctx.ints([c_in, c_out // group, kh, kw]))
+    w_flip = ctx.op("Slice", w_t, ctx.ints([-1, -1]), ctx.ints([-INT64_MAX, -INT64_MAX]), ctx.ints([2, 3]), ctx.ints([-1, -1]))
+
+    dy = ctx.dy[0]
+    sh, sw = win.strides
+    ho, wo = win.out_size
+    if sh > 1 or sw > 1:  # insert stride-1 zeros between gradient samples
+        dy = ctx.op("Reshape", dy, ctx.ints([0, c_out, ho, 1, wo, 1]))
+        dy = ctx.op("Pad", dy, ctx.ints([0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1]))
+        dy = ctx.op("Reshape", dy, ctx.ints([0, c_out, ho * sh, wo * sw]))
+    up = [ho * sh, wo * sw]
+    begin = [win.extent[i] - 1 - win.pad_begin[i] for i in range(2)]
+    end = [win.in_size[i] - up[i] + win.pad_begin[i] for i in range(2)]
+    if any(b < 0 for b in begin) or any(e < 0 for e in end):
+        dy = _pad_or_crop_spatial(ctx, dy, [min(b, 0) for b in begin], [min(e, 0) for e in end])
+        begin = [max(b, 0) for b in begin]
+        end = [max(e, 0) for e in end]
+    return ctx.op(
+        "Conv", dy, w_flip, kernel_shape=[kh, kw], dilations=win.dilations,
+        pads=begin + end, group=group,
+    )
+
+
+def _pad_or_crop_spatial(ctx: RuleContext, value, begin: list[int], end: list[int]):
+    from onnx_explain.autodiff.rules.routing import _pad_or_crop
+
+    return _pad_or_crop(ctx, value, [0, 0] + list(begin), [0, 0] + list(end))
