@@ -104,5 +104,5 @@ class RuleContext:
     def zeros_like(self, value: ir.Value) -> ir.Value:
         from onnx_explain.autodiff.emitter import numpy_dtype
 
-        zero = ir.tensor(np.zeros((1,), dtype=numpy_dtype(value.dtype)))
+        zero = ir.tensor(np.zeros((1,), dtype=numpy_dtype(value.dtype or self.em.float_dtype)))
         return self.op("ConstantOfShape", self.shape_of(value), value=zero)

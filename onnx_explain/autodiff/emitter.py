@@ -27,8 +27,11 @@ def numpy_dtype(dtype: ir.DataType) -> Any:
 class Emitter:
     """Appends nodes to ``graph``; every emitted name starts with ``prefix``."""
 
-    def __init__(self, graph: ir.Graph, prefix: str = "grad") -> None:
+    def __init__(self, graph: ir.Graph, prefix: str = "grad", float_dtype: ir.DataType = ir.DataType.FLOAT) -> None:
         self.graph = graph
+        # Element type of emitted float constants whose reference value has no known type
+        # (values created by the emitter itself carry none until shape inference runs).
+        self.float_dtype = float_dtype
         self.prefix = prefix
         self._count = 0
         self._consts: dict[tuple, ir.Value] = {}
@@ -76,4 +79,5 @@ class Emitter:
 
     def scalar(self, value: float, like: ir.Value) -> ir.Value:
         """A scalar constant with the element type of ``like``."""
-        return self.const(np.asarray(value, dtype=numpy_dtype(like.dtype)), hint="scalar")
+        dtype = like.dtype if like.dtype is not None else self.float_dtype
+        return self.const(np.asarray(value, dtype=numpy_dtype(dtype)), hint="scalar")

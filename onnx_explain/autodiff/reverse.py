@@ -46,6 +46,9 @@ def build_vjp(
     import onnx_explain.autodiff.rules  # noqa: F401  (registers the rules)
 
     em = emitter or Emitter(graph, prefix="grad" if mode == "plain" else f"grad_{mode}")
+    first = next(iter(seeds))
+    if first.dtype is not None:
+        em.float_dtype = first.dtype
     opset = opset_of(graph)
     nodes = list(graph)
 

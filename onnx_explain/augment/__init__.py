@@ -1,0 +1,124 @@
+"""Rewrite any ONNX image classifier into an explain model (see the contract in DESIGN.md).
+
+``augment_model`` runs a short pipeline of onnx-ir passes over the model:
+
+1. :class:`AddTargetAndScorePass` - ``target`` input, ``target_class`` and ``score``;
+2. :class:`AddGradientsPass` - ``activations``, ``grad_activations`` and optionally the
+   plain and guided input gradients, from our reverse-mode pass;
+3. :class:`AddGradCamPass` - optionally the finished Grad-CAM map;
+4. unused nodes are removed, the metadata written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from onnx_explain import contract
+from onnx_explain.augment.add_gradcam import AddGradCamPass
+from onnx_explain.augment.add_gradients import AddGradientsPass
+from onnx_explain.augment.add_target_score import AddTargetAndScorePass
+from onnx_explain.augment.cam_head import find_cam_head
+from onnx_explain.augment.graph_facts import Classifier, find_classifier
+from onnx_explain.augment.plan import ExplainPlan
+from onnx_explain.augment.target_layer import Candidate, candidate_layers, choose_target_layer
+from onnx_explain.errors import ModelError
+from onnx_explain.ir_utils import load_for_rewriting
+
+__all__ = ["augment_model", "augment_file", "inspect_layers", "Candidate", "Classifier"]
+
+CAM_KEY = contract.METADATA_PREFIX + "cam"
+
+
+def augment_model(
+    model: onnx.ModelProto,
+    *,
+    layer: str | None = None,
+    input_gradients: bool = False,
+    guided: bool = False,
+    gradcam: bool = False,
+    preprocess: contract.Preprocess | None = None,
+    labels: list[str] | None = None,
+) -> onnx.ModelProto:
+    """Return the explain model for ``model``.
+
+    ``layer`` names the ONNX value to explain (default: found automatically).  Preprocessing
+    and labels default to what the plain model's metadata says (as our exporter writes it),
+    else to the input's size with ImageNet mean/std.
+    """
+    if any(o.name in (contract.TARGET_CLASS, contract.SCORE, contract.ACTIVATIONS) for o in model.graph.output):
+        raise ModelError("this model is already an explain model")
+    irm = load_for_rewriting(model)
+    graph = irm.graph
+    clf = find_classifier(graph)
+    cand = choose_target_layer(graph, clf, layer)
+    plan = ExplainPlan(clf, cand, input_gradients=input_gradients, guided=guided, gradcam=gradcam)
+    cam = find_cam_head(cand.value, clf.logits)
+
+    passes = [AddTargetAndScorePass(plan), AddGradientsPass(plan)]
+    if gradcam:
+        passes.append(AddGradCamPass(plan))
+    passes.append(RemoveUnusedNodesPass())
+    ir.passes.Sequential(*passes)(irm)
+    graph.sort()
+
+    old = {p.key: p.value for p in model.metadata_props}
+    plain = contract.read_plain_metadata(old)
+    pre = preprocess or plain.get("preprocess") or _default_preprocess(clf)
+    meta = contract.ExplainMetadata(
+        target_layer=cand.value.name,
+        score="logit",
+        outputs={"logits" if not clf.ends_in_softmax else "probabilities": clf.output.name, **plan.outputs},
+        preprocess=pre,
+        labels=labels if labels is not None else plain.get("labels"),
+    )
+    props = {k: v for k, v in old.items() if not k.startswith(contract.METADATA_PREFIX)}
+    props.update(meta.to_props())
+    if cam is not None:
+        props[CAM_KEY] = json.dumps(dataclasses.asdict(cam))
+    irm.metadata_props.clear()
+    irm.metadata_props.update(props)
+    out = ir.to_proto(irm)
+    onnx.checker.check_model(out)
+    return out
+
+
+def _default_preprocess(clf: Classifier) -> contract.Preprocess:
+    h, w = clf.spatial_size
+    return contract.Preprocess(size=(h, w), layout=clf.layout)
+
+
+def inspect_layers(model: onnx.ModelProto) -> tuple[Classifier, list[Candidate], Candidate]:
+    """The classifier facts, all candidate target layers, and the one chosen by default."""
+    irm = load_for_rewriting(model)
+    clf = find_classifier(irm.graph)
+    return clf, candidate_layers(irm.graph, clf), choose_target_layer(irm.graph, clf)
+
+
+def augment_file(src: str, dst: str, **kwargs) -> onnx.ModelProto:
+    """Load ``src``, augment, save to ``dst`` atomically."""
+    import os
+    import tempfile
+
+    try:
+        model = onnx.load(src)
+    except FileNotFoundError:
+        raise ModelError(f"{src}: no such file") from None
+    except Exception as exc:
+        raise ModelError(f"{src}: not an ONNX model ({type(exc).__name__})") from None
+    out = augment_model(model, **kwargs)
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".onnx.part")
+    os.close(fd)
+    try:
+        onnx.save(out, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
