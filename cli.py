@@ -1,11 +1,563 @@
-"""The onnx-explain command line (placeholder until the commands land)."""
+"""The onnx-explain command line: export, augment, explain, score, inspect, evaluate.
+
+Exit status: 0 all done; 1 some inputs failed (the rest were done); 2 usage or model error.
+Errors are one line naming the file and the problem; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 import click
 
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+DEFAULT_MODEL = "efficientnet_lite0"
+DEMO_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
 
-@click.group()
-def main() -> None:
-    """Explain CNN image classifiers with one ONNX model."""
+
+class Failure(Exception):
+    """A usage or model error: printed as one line, exit status 2."""
+
+
+def _fail_cleanly(fn: Callable) -> Callable:
+    """Turn our errors into one line on stderr and exit 2 (traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the boundary to the user
+            from onnx_explain.errors import ExplainError
+            from onnx_explain.images import ImageError
+
+            if (ctx.obj or {}).get("debug"):
+                raise
+            known = isinstance(exc, (ExplainError, ImageError, Failure, ValueError, FileNotFoundError, OSError))
+            msg = str(exc) if known else f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            click.echo(f"error: {msg}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, leave=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="onnx-explain")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Explain CNN image classifiers with one ONNX model, without the training framework.
+
+    \b
+    Typical session:
+      onnx-explain export efficientnet_lite0 -o explain.onnx   # torch side, once
+      onnx-explain explain explain.onnx photos/ --out heatmaps/
+      onnx-explain score explain.onnx cat.jpg --json
+
+    \b
+    Any ONNX classifier works too:
+      onnx-explain augment resnet.onnx -o explain.onnx
+      onnx-explain inspect explain.onnx
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@main.command()
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), required=True, help="Explain model to write (.onnx).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A state_dict file (.pt/.pth) to load first.")
+@click.option("--input-size", type=int, default=None, help="Square input size [model default, 224].")
+@click.option("--layer", help="Target layer: a torch module path (layer4) or an ONNX value name [auto].")
+@click.option("--input-gradients/--no-input-gradients", default=True, show_default=True,
+              help="Add grad_input and guided_grad_input (saliency-style methods).")
+@click.option("--gradcam/--no-gradcam", default=True, show_default=True, help="Add the in-graph Grad-CAM map.")
+@click.option("--opset", type=int, default=18, show_default=True)
+@_fail_cleanly
+def export(model: str, out: str, weights: str | None, input_size: int | None, layer: str | None,
+           input_gradients: bool, gradcam: bool, opset: int) -> None:
+    """Export a PyTorch model to an explain model (needs torch).
+
+    MODEL is a built-in name (see below) or "package.module:factory", a callable that
+    returns a torch.nn.Module.  Built-in: resnet18, resnet50, vgg16_bn, mobilenet_v2,
+    mobilenet_v3_small, densenet121, squeezenet1_1, convnext_tiny, convnext_nano,
+    efficientnet_lite0 (pretrained ImageNet weights, the default).
+    """
+    try:
+        from onnx_explain.export import export_model
+    except ImportError as exc:
+        raise Failure(f"export needs torch ({exc}); install with: pip install 'onnx-explain[export]'") from None
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = dict(weights=weights, layer=layer, input_gradients=input_gradients,
+                                  guided=input_gradients, gradcam=gradcam, opset=opset)
+    if input_size:
+        kwargs["input_size"] = input_size
+    result = export_model(model, out, **kwargs)
+    layer_name = getattr(result, "target_layer", None) or ""
+    click.echo(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB, target layer {layer_name}) in {time.perf_counter() - t0:.1f} s")
+
+
+# ----------------------------------------------------------------------------- augment
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise Failure(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), required=True, help="Explain model to write.")
+@click.option("--layer", help="ONNX value name of the target layer [auto: see `inspect`].")
+@click.option("--input-gradients/--no-input-gradients", default=True, show_default=True,
+              help="Add grad_input and guided_grad_input.")
+@click.option("--gradcam/--no-gradcam", default=True, show_default=True, help="Add the in-graph Grad-CAM map.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+              help="Class names: a JSON list or a text file with one name per line.")
+@click.option("--size", help="Input size HxW or N, if not the model's input shape.")
+@click.option("--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406 [ImageNet].")
+@click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225 [ImageNet].")
+@click.option("--scale", type=float, help="Pixel scale before mean/std [1/255].")
+@click.option("--color", type=click.Choice(["RGB", "BGR"]), help="Channel order the model expects [RGB].")
+@click.option("--resize", type=click.Choice(["stretch", "center_crop", "letterbox"]), help="Resize policy [stretch].")
+@_fail_cleanly
+def augment(model: str, out: str, layer: str | None, input_gradients: bool, gradcam: bool, labels: str | None,
+            size: str | None, mean: str | None, std: str | None, scale: float | None, color: str | None,
+            resize: str | None) -> None:
+    """Rewrite any ONNX image classifier into an explain model (no torch needed).
+
+    Adds the `target` input and the `target_class`, `score`, `activations`,
+    `grad_activations` outputs (plus `grad_input`, `guided_grad_input`, `gradcam`),
+    with the preprocessing and labels stored in the model's metadata.
+    """
+    import dataclasses
+
+    from onnx_explain import contract
+    from onnx_explain.augment import augment_file
+    from onnx_explain.session import load_model
+
+    plain = load_model(model)
+    meta = contract.read_plain_metadata({p.key: p.value for p in plain.metadata_props})
+    pre = meta.get("preprocess")
+    if any(v is not None for v in (size, mean, std, scale, color, resize)):
+        from onnx_explain.augment.graph_facts import find_image_input, input_layout
+        from onnx_explain.ir_utils import load_for_rewriting
+
+        image = find_image_input(load_for_rewriting(plain).graph)
+        layout = input_layout(image)
+        dims = list(image.shape)
+        hw = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
+        pre = pre or contract.Preprocess(size=tuple(int(d) if isinstance(d, int) else 224 for d in hw), layout=layout)
+        changes: dict[str, Any] = {}
+        if size:
+            parts = size.lower().split("x")
+            changes["size"] = (int(parts[0]), int(parts[-1]))
+        if mean:
+            changes["mean"] = _floats(mean)
+        if std:
+            changes["std"] = _floats(std)
+        if scale is not None:
+            changes["scale"] = scale
+        if color:
+            changes["color"] = color
+        if resize:
+            changes["resize"] = resize
+        pre = dataclasses.replace(pre, **changes)
+    names = None
+    if labels:
+        text = Path(labels).read_text(encoding="utf-8")
+        try:
+            names = [str(v) for v in json.loads(text)]
+        except json.JSONDecodeError:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+    t0 = time.perf_counter()
+    augment_file(model, out, layer=layer, input_gradients=input_gradients, guided=input_gradients,
+                 gradcam=gradcam, preprocess=pre, labels=names)
+    click.echo(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+
+
+# ----------------------------------------------------------------------------- inspect
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_fail_cleanly
+def inspect(model: str, as_json: bool) -> None:
+    """Show a model's contract, inputs/outputs and candidate target layers."""
+    from onnx_explain import contract
+    from onnx_explain.augment import inspect_layers
+    from onnx_explain.session import load_model
+
+    proto = load_model(model)
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = contract.ExplainMetadata.from_props(props)
+    info: dict[str, Any] = {
+        "file": model,
+        "explain_model": meta is not None,
+        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        "inputs": [_value_info(v) for v in proto.graph.input if v.name not in {i.name for i in proto.graph.initializer}],
+        "outputs": [_value_info(v) for v in proto.graph.output],
+    }
+    if meta is not None:
+        info["target_layer"] = meta.target_layer
+        info["score"] = meta.score
+        info["preprocess"] = json.loads(meta.preprocess.to_json()) if meta.preprocess else None
+        info["labels"] = len(meta.labels) if meta.labels else 0
+        info["cam_head"] = json.loads(props[contract.METADATA_PREFIX + "cam"]) if contract.METADATA_PREFIX + "cam" in props else None
+    else:
+        clf, candidates, chosen = inspect_layers(proto)
+        info["classes"] = clf.num_classes
+        info["ends_in_softmax"] = clf.ends_in_softmax
+        info["layout"] = clf.layout
+        info["default_layer"] = chosen.value.name
+        info["candidate_layers"] = [
+            {"name": c.value.name, "op": c.op_type, "channels": c.channels, "height": c.height, "width": c.width,
+             "bypassed": not c.dominates}
+            for c in candidates
+        ]
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{model}: {'explain model' if meta else 'plain ONNX model'} (opset {info['opset']})")
+    for v in info["inputs"]:
+        click.echo(f"  input   {v['name']:<24} {v['type']} {v['shape']}")
+    for v in info["outputs"]:
+        click.echo(f"  output  {v['name']:<24} {v['type']} {v['shape']}")
+    if meta is not None:
+        click.echo(f"  target layer: {meta.target_layer}; score: {meta.score}; labels: {info['labels']}")
+        click.echo(f"  preprocess: {info['preprocess']}")
+        click.echo(f"  CAM head: {info['cam_head'] or 'none (use gradcam)'}")
+    else:
+        click.echo(f"  classes: {info['classes']}, layout {info['layout']}, ends in softmax: {info['ends_in_softmax']}")
+        click.echo("  candidate target layers (last = default unless bypassed):")
+        for c in info["candidate_layers"][-12:]:
+            mark = "*" if c["name"] == info["default_layer"] else " "
+            note = "  (bypassed by a skip path)" if c["bypassed"] else ""
+            click.echo(f"   {mark} {c['name']:<40} {c['op']:<18} {c['channels']}x{c['height']}x{c['width']}{note}")
+        click.echo(f"  run: onnx-explain augment {model} -o explain.onnx [--layer NAME]")
+
+
+def _value_info(v) -> dict[str, Any]:
+    import onnx
+
+    t = v.type.tensor_type
+    shape = [d.dim_param or d.dim_value or "?" for d in t.shape.dim]
+    return {"name": v.name, "type": onnx.TensorProto.DataType.Name(t.elem_type).lower(), "shape": shape}
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def _load_images(inputs: tuple[str, ...], report_error: Callable[[str], None]):
+    """Expand inputs, load every image; bad ones are reported and skipped."""
+    from onnx_explain.images import ImageError, iter_image_paths, load_image
+
+    paths, problems = iter_image_paths(list(inputs))
+    for p in problems:
+        report_error(str(p))
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append(load_image(path))
+        except ImageError as exc:
+            report_error(str(exc))
+    return loaded, len(paths) + len(problems)
+
+
+def _target_option(value: str) -> int | None:
+    if value in ("top1", "top-1", "-1"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise Failure(f"--target must be 'top1' or a class index, got {value!r}") from None
+
+
+# ----------------------------------------------------------------------------- score
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--threads", type=int, help="ONNX Runtime threads [all cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@_fail_cleanly
+def score(model: str, images: tuple[str, ...], top_k: int, batch_size: int, device: str, threads: int | None,
+          as_json: bool) -> None:
+    """Classify images: top-k labels and probabilities.
+
+    IMAGES are files, directories or glob patterns (quote globs).
+    """
+    from onnx_explain.explainer import Explainer
+
+    errors: list[str] = []
+
+    def report(msg: str) -> None:
+        errors.append(msg)
+        click.echo(f"error: {msg}", err=True)
+
+    with Explainer(model, device=device, threads=threads) as ex:
+        loaded, _ = _load_images(images, report)
+        results = []
+        with _progress(len(loaded), "scoring", not as_json and len(loaded) > batch_size) as bar:
+            for i in range(0, len(loaded), batch_size):
+                chunk = loaded[i : i + batch_size]
+                results.extend(ex.predict(chunk, top_k=top_k, batch_size=batch_size))
+                bar.update(len(chunk))
+    if as_json:
+        doc = {"model": model, "results": [
+            {"file": r.path, "top_k": [{"class": c, "label": l, "probability": round(p, 6)}
+                                       for c, l, p in zip(r.classes, r.labels, r.probabilities)]}
+            for r in results], "errors": errors}
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        for r in results:
+            best = ", ".join(f"{l} ({p:.3f})" for l, p in zip(r.labels, r.probabilities))
+            click.echo(f"{r.path}: {best}")
+    sys.exit(EXIT_SOME_FAILED if errors else EXIT_OK)
+
+
+# ----------------------------------------------------------------------------- explain
+
+
+def _method_names() -> list[str]:
+    from onnx_explain.methods import METHODS
+
+    return list(METHODS)
+
+
+def _output_stem(path: str | None, used: set[str]) -> str:
+    stem = Path(path).stem if path else "image"
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}-{k}"
+    used.add(name)
+    return name
+
+
+def run_explain(model: str, images: tuple[str, ...], methods: list[str], target: int | None, out_dir: Path,
+                batch_size: int, device: str, threads: int | None, colormap: str, alpha: float,
+                save_npy: bool, top_k: int, as_json: bool, quiet: bool = False) -> int:
+    """Explain images with each method; write overlays, maps and report.json. Returns the exit status."""
+    from onnx_explain.explainer import Explainer
+    from onnx_explain.outputs import write_json, write_npy, write_png
+    from onnx_explain.overlay import draw_box, overlay
+
+    errors: list[dict[str, str]] = []
+
+    def report(msg: str) -> None:
+        errors.append({"error": msg})
+        click.echo(f"error: {msg}", err=True)
+
+    t_start = time.perf_counter()
+    with Explainer(model, device=device, threads=threads) as ex:
+        for m in methods:  # fail early, before any image work, on a method the model can't do
+            ex.method(m)
+        loaded, n_inputs = _load_images(images, report)
+        if not loaded:
+            raise Failure("no image could be read" + (f" ({len(errors)} failed)" if errors else ""))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        records: list[dict[str, Any]] = []
+        used: set[str] = set()
+        stems = {id(im): _output_stem(str(im.path) if im.path else None, used) for im in loaded}
+        total = len(loaded) * len(methods)
+        with _progress(total, "explaining", not (as_json or quiet) and sys.stderr.isatty() or total > batch_size and not (as_json or quiet)) as bar:
+            for method in methods:
+                for i in range(0, len(loaded), batch_size):
+                    chunk = loaded[i : i + batch_size]
+                    try:
+                        results = ex.explain(chunk, method=method, target=target, batch_size=batch_size, top_k=top_k)
+                    except Exception as exc:
+                        from onnx_explain.errors import ModelError
+
+                        if isinstance(exc, ModelError):
+                            raise
+                        for im in chunk:
+                            report(f"{im.path}: {method} failed: {exc}")
+                        bar.update(len(chunk))
+                        continue
+                    for im, e in zip(chunk, results):
+                        stem = stems[id(im)]
+                        picture = overlay(im.rgb, e.heatmap, colormap=colormap, alpha=alpha)
+                        if e.box is not None:
+                            picture = draw_box(picture, e.box, (255, 255, 255), label=f"{e.label} {e.probability:.2f}")
+                        files = {"overlay": str(write_png(out_dir / f"{stem}.{method}.png", picture))}
+                        if save_npy:
+                            files["heatmap"] = str(write_npy(out_dir / f"{stem}.{method}.npy", e.heatmap))
+                        rec = e.to_json()
+                        rec["outputs"] = files
+                        records.append(rec)
+                    bar.update(len(chunk))
+        doc = {
+            "model": model,
+            "methods": methods,
+            "target": "top1" if target is None else target,
+            "providers": ex.session.active_providers,
+            "images": len(loaded),
+            "failed": len(errors),
+            "seconds": round(time.perf_counter() - t_start, 3),
+            "results": records,
+            "errors": errors,
+        }
+        write_json(out_dir / "report.json", doc)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    elif not quiet:
+        for r in records:
+            click.echo(f"{r['file']}: {r['method']} -> {r['label']} (p={r['probability']:.3f}) box={r['box']}")
+        click.echo(f"wrote {len(records)} explanation(s) and {out_dir / 'report.json'}"
+                   + (f"; {len(errors)} input(s) failed" if errors else ""))
+    return EXIT_SOME_FAILED if errors else EXIT_OK
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@click.option("-m", "--method", default="gradcam", show_default=True,
+              help="Method, or several separated by commas: " + ", ".join([
+                  "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam",
+                  "saliency", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
+                  "guided_gradcam"]) + ".")
+@click.option("--target", default="top1", show_default=True, help="Class to explain: top1 or a class index.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="explanations", show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Images (or passes) per ONNX Runtime call.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--threads", type=int, help="ONNX Runtime threads [all cores].")
+@click.option("--colormap", default="jet", show_default=True, help="OpenCV colour map (jet, turbo, inferno, viridis, ...).")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
+@click.option("--npy/--no-npy", default=True, show_default=True, help="Also save each heatmap as .npy.")
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_fail_cleanly
+def explain(model: str, images: tuple[str, ...], method: str, target: str, out_dir: str, batch_size: int,
+            device: str, threads: int | None, colormap: str, alpha: float, npy: bool, top_k: int,
+            as_json: bool) -> None:
+    """Explain images: overlay PNGs, heatmaps (.npy) and report.json in --out.
+
+    \b
+    IMAGES are files, directories or glob patterns (quote globs).
+    One bad image is reported by name and the others are still explained (exit 1).
+    """
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    known = _method_names()
+    for m in methods:
+        if m not in known:
+            raise Failure(f"unknown method {m!r}; choose from {', '.join(known)}")
+    from onnx_explain.overlay import COLORMAPS
+
+    if colormap.lower() not in COLORMAPS:
+        raise Failure(f"unknown colormap {colormap!r}; choose from {', '.join(sorted(COLORMAPS))}")
+    status = run_explain(model, images, methods, _target_option(target), Path(out_dir), batch_size, device, threads,
+                         colormap, alpha, npy, top_k, as_json)
+    sys.exit(status)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def demo_photos() -> list[str]:
+    """The real photos that ship with scikit-image."""
+    try:
+        import skimage
+    except ImportError:
+        raise Failure("the demo photos come from scikit-image: pip install scikit-image") from None
+    folder = Path(skimage.__file__).parent / "data"
+    return [str(folder / name) for name in DEMO_PHOTOS if (folder / name).exists()]
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-output", show_default=True)
+@click.option("-m", "--method", default="gradcam,gradcam++,scorecam,guided_gradcam", show_default=True)
+@_fail_cleanly
+def demo(out_dir: str, method: str) -> None:
+    """Export the pretrained EfficientNet-Lite0 (once) and explain scikit-image's photos."""
+    out = Path(out_dir)
+    model = out / "efficientnet_lite0.explain.onnx"
+    if not model.exists():
+        from onnx_explain.export import export_model
+
+        out.mkdir(parents=True, exist_ok=True)
+        click.echo(f"exporting the pretrained EfficientNet-Lite0 to {model} ...")
+        export_model(DEFAULT_MODEL, str(model))
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    status = run_explain(str(model), tuple(demo_photos()), methods, None, out, 8, "auto", None, "jet", 0.5,
+                         True, 5, False)
+    sys.exit(status)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--boxes", type=click.Path(exists=True), required=True,
+              help="Pascal VOC XML directory, or CSV file,xmin,ymin,xmax,ymax[,class].")
+@click.option("-m", "--method", default="cam,gradcam", show_default=True, help="Comma-separated methods.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.15, show_default=True,
+              help="Box from heatmap: fraction of the maximum.")
+@click.option("--steps", type=int, default=32, show_default=True, help="Deletion/insertion steps.")
+@click.option("--target", default="top1", show_default=True, help="top1, a class index, or 'annotated'.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--threads", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_fail_cleanly
+def evaluate(model: str, images_dir: str, boxes: str, method: str, out_dir: str, threshold: float, steps: int,
+             target: str, batch_size: int, device: str, threads: int | None, as_json: bool) -> None:
+    """Score explanations: localization (IoU, pointing game) and faithfulness (deletion/insertion).
+
+    Writes summary.json, per_image.csv, curves.png and examples.png to --out and prints
+    the methods side by side.
+    """
+    from onnx_explain.evaluation.command import run_evaluation
+
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    status = run_evaluation(model, images_dir, boxes, methods, Path(out_dir), threshold=threshold, steps=steps,
+                            target=target, batch_size=batch_size, device=device, threads=threads, as_json=as_json)
+    sys.exit(status)
+
+
+@main.command("make-evalset")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("-n", "--images", "n_images", type=int, default=24, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split", type=click.Choice(["a", "b"]), default="a", show_default=True,
+              help="a: the project's set; b: other objects and backgrounds (a held-out set).")
+@_fail_cleanly
+def make_evalset(out_dir: str, n_images: int, seed: int, split: str) -> None:
+    """Build a small annotated evaluation set from scikit-image's photos (no download)."""
+    from onnx_explain.evaluation.dataset import build_split
+
+    written = build_split(out_dir, n_images=n_images, seed=seed, split=split)
+    click.echo(f"wrote {written} images with Pascal VOC boxes to {out_dir}")
 
 
 if __name__ == "__main__":
