@@ -26,7 +26,7 @@ from onnx_explain.augment.cam_head import find_cam_head
 from onnx_explain.augment.graph_facts import Classifier, find_classifier
 from onnx_explain.augment.plan import ExplainPlan
 from onnx_explain.augment.target_layer import Candidate, candidate_layers, choose_target_layer
-from onnx_explain.errors import ModelError
+from onnx_explain.errors import ExplainError, ModelError
 from onnx_explain.ir_utils import load_for_rewriting
 
 __all__ = ["augment_model", "augment_file", "inspect_layers", "Candidate", "Classifier"]
@@ -63,7 +63,15 @@ def augment_model(
     if gradcam:
         passes.append(AddGradCamPass(plan))
     passes.append(RemoveUnusedNodesPass())
-    ir.passes.Sequential(*passes)(irm)
+    try:
+        ir.passes.Sequential(*passes)(irm)
+    except ir.passes.PassError as exc:  # report our own errors as themselves, not wrapped
+        cause = exc.__cause__
+        while isinstance(cause, ir.passes.PassError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ExplainError):
+            raise cause from None
+        raise
     graph.sort()
 
     old = {p.key: p.value for p in model.metadata_props}
