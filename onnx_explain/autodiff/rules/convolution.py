@@ -2,12 +2,13 @@
 
 Two equivalent forms of ``dX``:
 
-* ``ConvTranspose(dY, W)`` with explicit ``pads`` and ``output_padding`` (never
-  ``output_shape``, which makes ONNX ignore ``pads``);
-* a stride-1 ``Conv`` of the zero-upsampled ``dY`` with the flipped, group-transposed
-  kernel.  ONNX Runtime runs depthwise ``ConvTranspose`` very slowly, so grouped
-  convolutions use this form; the flipped kernel is computed in-graph from the shared
-  weight, so the file does not grow (ONNX Runtime folds it once at load time).
+* stride 1: a ``Conv`` of ``dY`` with the flipped, group-transposed kernel.  ONNX Runtime
+  runs it 1.5-2.5x faster than the ``ConvTranspose`` (measured on EfficientNet's
+  depthwise and ResNet's dense layers); the flipped kernel is computed in-graph from the
+  shared weight, so the file does not grow (ONNX Runtime folds it once at load time);
+* strided: ``ConvTranspose(dY, W)`` with explicit ``pads`` and ``output_padding`` (never
+  ``output_shape``, which makes ONNX ignore ``pads``).  For strided convolutions it beats
+  a zero-upsampled ``Conv`` several times over.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def conv(ctx: RuleContext):
     kernel = list(ctx.attr("kernel_shape") or w_dims[2:])
     group = ctx.attr("group", 1)
     win = window_of(ctx, kernel)
-    if group > 1 and len(kernel) == 2:
+    if len(kernel) == 2 and all(s == 1 for s in win.strides):
         dx = _as_flipped_conv(ctx, w, w_dims, group, win)
     else:
         dx = _as_conv_transpose(ctx, w, group, win)
@@ -69,13 +70,7 @@ def _as_flipped_conv(ctx: RuleContext, w, w_dims: list[int], group: int, win: Wi
     w_flip = ctx.op("Slice", w_t, ctx.ints([-1, -1]), ctx.ints([-INT64_MAX, -INT64_MAX]), ctx.ints([2, 3]), ctx.ints([-1, -1]))
 
     dy = ctx.dy[0]
-    sh, sw = win.strides
-    ho, wo = win.out_size
-    if sh > 1 or sw > 1:  # insert stride-1 zeros between gradient samples
-        dy = ctx.op("Reshape", dy, ctx.ints([0, c_out, ho, 1, wo, 1]))
-        dy = ctx.op("Pad", dy, ctx.ints([0, 0, 0, 0, 0, 0, 0, 0, 0, sh - 1, 0, sw - 1]))
-        dy = ctx.op("Reshape", dy, ctx.ints([0, c_out, ho * sh, wo * sw]))
-    up = [ho * sh, wo * sw]
+    up = win.out_size  # stride 1: dY is already on the input's grid
     begin = [win.extent[i] - 1 - win.pad_begin[i] for i in range(2)]
     end = [win.in_size[i] - up[i] + win.pad_begin[i] for i in range(2)]
     if any(b < 0 for b in begin) or any(e < 0 for e in end):

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install onnx-explain with the given extras.
+#   scripts/setup.sh            runtime only (no torch)
+#   scripts/setup.sh export     + the torch side (export, reference models)
+#   scripts/setup.sh test       + everything the tests compare against
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+python3 -m venv .venv 2>/dev/null || true
+PY=.venv/bin/python
+$PY -m pip install -q --upgrade pip >/dev/null
+if [ -n "$extras" ]; then
+  # The CPU build of torch first: an unpinned torch could pull several GB of CUDA packages.
+  $PY -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+  $PY -m pip install -q -e ".[$extras]" --config-settings editable_mode=strict
+else
+  $PY -m pip install -q -e . --config-settings editable_mode=strict
+fi
+if [ "$extras" = "test" ]; then
+  # pytorch-grad-cam is a reference in the tests only; its torchvision dependency has no
+  # CPU build here and is not needed for the parts we compare against.
+  $PY -m pip install -q --no-deps "grad-cam==1.5.7" "ttach==0.0.3"
+fi
