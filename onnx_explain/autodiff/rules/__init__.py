@@ -7,6 +7,7 @@ from onnx_explain.autodiff.rules import (  # noqa: F401
     activations,
     arithmetic,
     convolution,
+    gather,
     linear,
     normalization,
     pooling,

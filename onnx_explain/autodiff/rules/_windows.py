@@ -26,10 +26,15 @@ class Window:
 
 
 def window_of(ctx: RuleContext, kernel: list[int]) -> Window:
-    x_dims, y_dims = ctx.shape(ctx.x), ctx.shape(ctx.y)
+    """The node's window geometry; output sizes are computed here, as ONNX Runtime does.
+
+    Not read from shape inference: with ``ceil_mode`` ONNX shape inference (onnx 1.23) keeps a
+    last window that starts in the end padding, which ONNX Runtime (and PyTorch) drop.
+    """
+    x_dims = ctx.shape(ctx.x)
     n = len(kernel)
-    in_size, out_size = x_dims[2:], y_dims[2:]
-    if any(d is None for d in in_size + out_size):
+    in_size = x_dims[2:]
+    if any(d is None for d in in_size):
         raise ctx.unsupported("sliding windows need static spatial sizes")
     strides = list(ctx.attr("strides") or [1] * n)
     dilations = list(ctx.attr("dilations") or [1] * n)
@@ -48,4 +53,12 @@ def window_of(ctx: RuleContext, kernel: list[int]) -> Window:
     else:
         pads = list(ctx.attr("pads") or [0] * (2 * n))
         begin, end = pads[:n], pads[n:]
-    return Window(list(kernel), strides, dilations, begin, end, list(in_size), list(out_size))
+    ceil_mode = bool(ctx.attr("ceil_mode", 0))
+    out_size = []
+    for i in range(n):
+        span = in_size[i] + begin[i] + end[i] - (dilations[i] * (kernel[i] - 1) + 1)
+        out = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
+        if ceil_mode and (out - 1) * strides[i] >= in_size[i] + begin[i]:
+            out -= 1  # the last window would start in the end padding: dropped
+        out_size.append(out)
+    return Window(list(kernel), strides, dilations, begin, end, list(in_size), out_size)

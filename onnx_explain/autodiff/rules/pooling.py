@@ -12,7 +12,6 @@ from onnx_explain.autodiff.context import RuleContext
 from onnx_explain.autodiff.registry import register
 from onnx_explain.autodiff.rules._windows import window_of
 
-INT64_MAX = np.iinfo(np.int64).max
 
 
 def _indices_output(ctx: RuleContext) -> ir.Value:
@@ -39,14 +38,19 @@ def max_pool(ctx: RuleContext):
     # exact without duplicates, so scatter groups of non-overlapping windows and add them.
     step = [math.ceil(e / s) for e, s in zip(win.extent, win.strides)]
     spatial = list(range(2, 2 + len(step)))
+    # With ceil_mode, ONNX shape inference (which ONNX Runtime plans its buffers with) may
+    # count one window more than ONNX Runtime computes; slicing with explicit ends makes
+    # the inferred shapes of the slices the real ones.
+    exact = ctx.shape(ctx.y)[2:] == win.out_size
     total = None
     for offsets in itertools.product(*[range(s) for s in step]):
         if any(o >= n for o, n in zip(offsets, win.out_size)):
             continue
-        if all(s == 1 for s in step):
+        if all(s == 1 for s in step) and exact:
             g, idx = dy, indices
         else:
-            args = [ctx.ints(list(offsets)), ctx.ints([INT64_MAX] * len(step)), ctx.ints(spatial), ctx.ints(step)]
+            ends = [o + (n - 1 - o) // s * s + 1 for o, n, s in zip(offsets, win.out_size, step)]
+            args = [ctx.ints(list(offsets)), ctx.ints(ends), ctx.ints(spatial), ctx.ints(step)]
             g, idx = ctx.op("Slice", dy, *args), ctx.op("Slice", indices, *args)
         part = ctx.op("ScatterElements", zeros, ctx.op("Reshape", idx, flat), ctx.op("Reshape", g, flat), axis=0)
         total = part if total is None else ctx.op("Add", total, part)

@@ -62,6 +62,19 @@ def _pad_or_crop(ctx: RuleContext, value, begin: list[int], end: list[int]):
     return value
 
 
+def _slice_bounds(start: int, end: int, step: int, n: int) -> tuple[int, int]:
+    """ONNX Slice's clamped (start, end) on an axis of size ``n``.
+
+    Not Python's ``slice.indices``: with a negative step ONNX clamps ``start`` into
+    ``[0, n-1]`` (a start before the beginning still takes element 0), Python into ``[-1, n-1]``.
+    """
+    start = start + n if start < 0 else start
+    end = end + n if end < 0 else end
+    if step > 0:
+        return min(max(start, 0), n), min(max(end, 0), n)
+    return min(max(start, 0), n - 1), min(max(end, -1), n - 1)
+
+
 @register("Slice")
 def slice_(ctx: RuleContext):
     x = ctx.x
@@ -83,7 +96,7 @@ def slice_(ctx: RuleContext):
             raise ctx.unsupported(f"Slice along dynamic axis {a}")
         if st not in (1, -1):
             raise ctx.unsupported(f"Slice step {st}")
-        first, stop, _ = slice(int(s), int(e), int(st)).indices(n)
+        first, stop = _slice_bounds(int(s), int(e), int(st), n)
         if st == 1:
             count = max(stop - first, 0)
             begin[a], end[a] = first, n - first - count
