@@ -301,8 +301,8 @@ def _target_option(value: str) -> int | None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True)
-@click.option("--top-k", type=int, default=5, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @click.option("--threads", type=int, help="ONNX Runtime threads [all cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
@@ -377,6 +377,11 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
 
     t_start = time.perf_counter()
     with Explainer(model, device=device, threads=threads) as ex:
+        n_classes = ex.session.num_classes
+        if target is not None and n_classes is not None and target >= n_classes:
+            # before any image work, and before --out is created: a failed run leaves nothing
+            raise Failure(f"target class {target} out of range: the model has {n_classes} classes "
+                          f"(0..{n_classes - 1})")
         for m in methods:  # fail early, before any image work, on a method the model can't do
             ex.method(m)
         loaded, n_inputs = _load_images(images, report)
@@ -446,13 +451,14 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
                   "guided_gradcam"]) + ".")
 @click.option("--target", default="top1", show_default=True, help="Class to explain: top1 or a class index.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="explanations", show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Images (or passes) per ONNX Runtime call.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images (or passes) per ONNX Runtime call.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @click.option("--threads", type=int, help="ONNX Runtime threads [all cores].")
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colour map (jet, turbo, inferno, viridis, ...).")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
 @click.option("--npy/--no-npy", default=True, show_default=True, help="Also save each heatmap as .npy.")
-@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_fail_cleanly
 def explain(model: str, images: tuple[str, ...], method: str, target: str, out_dir: str, batch_size: int,
@@ -516,26 +522,35 @@ def demo(out_dir: str, method: str) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Folder of images (not recursive).")
 @click.option("--boxes", type=click.Path(exists=True), required=True,
-              help="Pascal VOC XML directory, or CSV file,xmin,ymin,xmax,ymax[,class].")
-@click.option("-m", "--method", default="cam,gradcam", show_default=True, help="Comma-separated methods.")
+              help="Ground truth: a folder of Pascal VOC .xml, one .xml, or a CSV file,xmin,ymin,xmax,ymax[,class] "
+                   "(0-based, xmax/ymax exclusive).")
+@click.option("-m", "--method", default="cam,gradcam", show_default=True,
+              help="Comma-separated methods, compared side by side (see `explain --help`).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.15, show_default=True,
-              help="Box from heatmap: fraction of the maximum.")
-@click.option("--steps", type=int, default=32, show_default=True, help="Deletion/insertion steps.")
-@click.option("--target", default="top1", show_default=True, help="top1, a class index, or 'annotated'.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+              help="Box from heatmap: keep pixels >= this fraction of the maximum, largest region.")
+@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Deletion/insertion steps (each costs 2 forward passes per image and method).")
+@click.option("--target", default="top1", show_default=True,
+              help="Class to explain: top1, a class index, or 'annotated' (box labels as class indices "
+                   "or model labels).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per ONNX Runtime call.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@click.option("--threads", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--threads", type=int, help="ONNX Runtime threads [all cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of the table.")
 @_fail_cleanly
 def evaluate(model: str, images_dir: str, boxes: str, method: str, out_dir: str, threshold: float, steps: int,
              target: str, batch_size: int, device: str, threads: int | None, as_json: bool) -> None:
     """Score explanations: localization (IoU, pointing game) and faithfulness (deletion/insertion).
 
-    Writes summary.json, per_image.csv, curves.png and examples.png to --out and prints
-    the methods side by side.
+    \b
+    Writes summary.json, per_image.csv, table.txt, curves.png and boxes.png to --out and
+    prints the methods side by side. An image that cannot be read is reported by name
+    and the others are evaluated (exit 1). Build a test set with `make-evalset`.
     """
     from onnx_explain.evaluation.command import run_evaluation
 
@@ -547,17 +562,23 @@ def evaluate(model: str, images_dir: str, boxes: str, method: str, out_dir: str,
 
 @main.command("make-evalset")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("-n", "--images", "n_images", type=int, default=24, show_default=True)
+@click.option("-n", "--images", "n_images", type=click.IntRange(min=1), default=24, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--split", type=click.Choice(["a", "b"]), default="a", show_default=True,
               help="a: the project's set; b: other objects and backgrounds (a held-out set).")
 @_fail_cleanly
 def make_evalset(out_dir: str, n_images: int, seed: int, split: str) -> None:
-    """Build a small annotated evaluation set from scikit-image's photos (no download)."""
+    """Build a small annotated evaluation set from scikit-image's photos (no download).
+
+    Writes OUT_DIR/images/*.jpg, OUT_DIR/annotations/*.xml (Pascal VOC), boxes.csv and
+    dataset.json; the same seed gives the same files.
+    """
     from onnx_explain.evaluation.dataset import build_split
 
     written = build_split(out_dir, n_images=n_images, seed=seed, split=split)
     click.echo(f"wrote {written} images with Pascal VOC boxes to {out_dir}")
+    click.echo(f"evaluate with: onnx-explain evaluate MODEL.onnx --images {Path(out_dir) / 'images'} "
+               f"--boxes {Path(out_dir) / 'annotations'}")
 
 
 if __name__ == "__main__":

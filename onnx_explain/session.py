@@ -50,9 +50,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if os.path.getsize(path) == 0:
         raise ModelError(f"{path}: empty file, not an ONNX model")
     try:
-        return onnx.load(path)
+        model = onnx.load(path)
     except Exception:
         raise ModelError(f"{path}: not an ONNX model (could not parse it)") from None
+    if not model.HasField("graph"):  # protobuf parses many short byte strings as an empty message
+        raise ModelError(f"{path}: not an ONNX model (no graph in it)")
+    return model
 
 
 class ExplainSession:

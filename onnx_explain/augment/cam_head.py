@@ -26,8 +26,8 @@ def find_cam_head(activation: ir.Value, logits: ir.Value) -> CamHead | None:
         pass
     elif pool.op_type == "ReduceMean":
         axes = pool.attributes["axes"].value if "axes" in pool.attributes else None
-        if axes is None and len(pool.inputs) > 1 and pool.inputs[1] is not None and pool.inputs[1].const_value is not None:
-            axes = list(pool.inputs[1].const_value.numpy())
+        if axes is None and len(pool.inputs) > 1:
+            axes = _constant_ints(pool.inputs[1])
         if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
             return None
     else:
@@ -63,3 +63,15 @@ def find_cam_head(activation: ir.Value, logits: ir.Value) -> CamHead | None:
     else:
         return None
     return CamHead(w.name, tb, bias) if out is logits else None
+
+
+def _constant_ints(value: ir.Value | None) -> list[int] | None:
+    """An initializer's or a Constant node's integer content."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return [int(v) for v in value.const_value.numpy().reshape(-1)]
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        return [int(v) for v in producer.attributes["value"].value.numpy().reshape(-1)]
+    return None
