@@ -499,7 +499,8 @@ def demo_photos() -> list[str]:
 
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-output", show_default=True)
-@click.option("-m", "--method", default="gradcam,gradcam++,scorecam,guided_gradcam", show_default=True)
+@click.option("-m", "--method", default="gradcam,gradcam++,layercam,guided_gradcam", show_default=True,
+              help="Methods to run (scorecam is slow on the CPU: 1280 passes per image).")
 @_fail_cleanly
 def demo(out_dir: str, method: str) -> None:
     """Export the pretrained EfficientNet-Lite0 (once) and explain scikit-image's photos."""
