@@ -17,6 +17,11 @@ all columns alike.  Also: export + augment time and the file sizes.
 
 from __future__ import annotations
 
+import os
+
+# torch's OpenMP threads must not spin-wait between calls either (set before importing it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import statistics
 import tempfile
@@ -61,11 +66,16 @@ def bench_model(name: str, batches: list[int], rounds: int, threads: int, folder
     lines.append(f"{name}: export + augment {export_seconds:.1f} s; file {plain_path.stat().st_size / 1e6:.1f} MB plain, "
                  f"{explain_path.stat().st_size / 1e6:.1f} MB explain ({size_ratio:.4f} x)")
 
+    # Several sessions and torch share the cores: no thread may spin-wait after its run
+    # and steal time from the next measurement.
+    no_spin = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    for k, v in no_spin.items():
+        options.add_session_config_entry(k, v)
     plain_session = ort.InferenceSession(str(plain_path), options, providers=["CPUExecutionProvider"])
-    explain = ExplainSession(explain_path, device="cpu", threads=threads)
+    explain = ExplainSession(explain_path, device="cpu", threads=threads, session_config=no_spin)
     cam_outputs = [contract.ACTIVATIONS, contract.GRAD_ACTIVATIONS, "logits"]
     input_outputs = cam_outputs + [contract.GRAD_INPUT]
 

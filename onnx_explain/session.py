@@ -65,7 +65,8 @@ class ExplainSession:
     channel-last model the session transposes on the way in and out.
     """
 
-    def __init__(self, model: str | os.PathLike | onnx.ModelProto, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, device: str = "auto", threads: int | None = None,
+                 session_config: dict[str, str] | None = None) -> None:
         self.path = None if isinstance(model, onnx.ModelProto) else os.fspath(model)
         self.model = model if isinstance(model, onnx.ModelProto) else load_model(model)
         props = {p.key: p.value for p in self.model.metadata_props}
@@ -90,6 +91,7 @@ class ExplainSession:
         self.providers = providers_for(device)
         self.device = device
         self.threads = threads
+        self.session_config = dict(session_config or {})  # ONNX Runtime session config entries
         self._sessions: dict[tuple[str, ...], ort.InferenceSession] = {}
         dims = self.model.graph.output[0].type.tensor_type.shape.dim
         self.num_classes = int(dims[1].dim_value) if len(dims) > 1 and dims[1].dim_value else None
@@ -108,6 +110,8 @@ class ExplainSession:
                 options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
             options.log_severity_level = 3
+            for k, v in self.session_config.items():
+                options.add_session_config_entry(k, v)
             session = ort.InferenceSession(pruned.SerializeToString(), options, providers=self.providers)
             if self.device in _PROVIDER and _PROVIDER[self.device] not in session.get_providers():
                 raise ModelError(f"device {self.device!r} asked for, but ONNX Runtime could not start it (no usable GPU?)")
