@@ -20,7 +20,7 @@ from torch import nn
 from onnx_explain import contract
 from onnx_explain.export import export_model
 from onnx_explain.models import DEFAULT_LAYERS, MODELS
-from torch_reference import run_explain
+from torch_reference import autograd, run_explain
 
 # Small inputs keep the suite fast; EfficientNet-Lite0's "same" padding is static, so it
 # is checked at its native 224 (with its real, pretrained weights).
@@ -32,31 +32,11 @@ KWARGS = {"vgg16_bn": {"pool_size": 1}}
 
 def _reference(module: nn.Module, layer: nn.Module, x: np.ndarray, target: np.ndarray, guided: bool,
                dtype: torch.dtype = torch.float32):
-    """(class, d score / d layer, d score / d input) by torch autograd."""
+    """(class, d score / d layer, d score / d input) by torch autograd, as float64 arrays."""
     model = module if dtype == torch.float32 else copy.deepcopy(module).to(dtype)
     layer = dict(model.named_modules())[_path_of(module, layer)]
-    xt = torch.from_numpy(x).to(dtype).requires_grad_(True)
-    store = {}
-    hooks = [layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))]
-    inplace = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
-    if guided:
-        for m in model.modules():
-            if isinstance(m, nn.ReLU):
-                m.inplace = False  # backward hooks cannot wrap in-place ReLUs
-                hooks.append(m.register_full_backward_hook(lambda m, gi, go: (torch.clamp(gi[0], min=0.0),)))
-    try:
-        logits = model(xt)
-        a = store["a"]
-        a.retain_grad()
-        t = torch.as_tensor(target)
-        chosen = torch.where(t < 0, logits.argmax(1), t)
-        logits.gather(1, chosen[:, None]).sum().backward()
-    finally:
-        for h in hooks:
-            h.remove()
-        for m in inplace:
-            m.inplace = True
-    return chosen.numpy(), a.grad.double().numpy(), xt.grad.double().numpy()
+    _, _, da, dx, chosen = autograd(model, layer, torch.from_numpy(x).to(dtype), target, guided=guided)
+    return chosen, da.astype(np.float64), dx.astype(np.float64)
 
 
 def _path_of(module: nn.Module, layer: nn.Module) -> str:

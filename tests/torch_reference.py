@@ -30,14 +30,20 @@ def export(model: nn.Module, x: torch.Tensor, *, dynamo: bool = True, dynamic_ba
     return onnx.load_from_string(f.getvalue())
 
 
-def autograd(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: np.ndarray, guided: bool = False):
-    """(logits, activations, d logit[target] / d activations, d logit[target] / d x)."""
-    x = x.clone().detach().requires_grad_(True)
+def autograd(model: nn.Module, layer: nn.Module, x, target: np.ndarray, guided: bool = False):
+    """(logits, activations, d logit[target] / d activations, d logit[target] / d x, classes).
+
+    ``guided``: ReLU backward hooks pass only positive gradients (guided backprop), the
+    reference Captum's GuidedBackprop uses.  Runs in ``x``'s dtype (the model must match).
+    """
+    x = torch.as_tensor(x).clone().detach().requires_grad_(True)
     store = {}
     hooks = [layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))]
+    inplace = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
     if guided:
         for m in model.modules():
             if isinstance(m, nn.ReLU):
+                m.inplace = False  # backward hooks cannot wrap in-place ReLUs
                 hooks.append(m.register_full_backward_hook(lambda m, gi, go: (torch.clamp(gi[0], min=0.0),)))
     try:
         logits = model(x)
@@ -49,6 +55,8 @@ def autograd(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: np.nda
     finally:
         for h in hooks:
             h.remove()
+        for m in inplace:
+            m.inplace = True
     return logits.detach().numpy(), a.detach().numpy(), a.grad.numpy(), x.grad.numpy(), chosen.numpy()
 
 
