@@ -110,7 +110,10 @@ def export(model: str, out: str, weights: str | None, input_size: int | None, la
     if input_size:
         kwargs["input_size"] = input_size
     result = export_model(model, out, **kwargs)
-    layer_name = getattr(result, "target_layer", None) or ""
+    from onnx_explain import contract
+
+    meta = contract.ExplainMetadata.from_props({p.key: p.value for p in result.model.metadata_props})
+    layer_name = meta.target_layer + (f" = {result.module_path}" if result.module_path else "")
     click.echo(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB, target layer {layer_name}) in {time.perf_counter() - t0:.1f} s")
 
 

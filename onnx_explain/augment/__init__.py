@@ -108,25 +108,13 @@ def inspect_layers(model: onnx.ModelProto) -> tuple[Classifier, list[Candidate],
 
 
 def augment_file(src: str, dst: str, **kwargs) -> onnx.ModelProto:
-    """Load ``src``, augment, save to ``dst`` atomically."""
+    """Load ``src``, augment, save to ``dst`` whole or not at all."""
     import os
-    import tempfile
 
-    try:
-        model = onnx.load(src)
-    except FileNotFoundError:
-        raise ModelError(f"{src}: no such file") from None
-    except Exception as exc:
-        raise ModelError(f"{src}: not an ONNX model ({type(exc).__name__})") from None
-    out = augment_model(model, **kwargs)
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".onnx.part")
-    os.close(fd)
-    try:
-        onnx.save(out, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from onnx_explain.outputs import write_bytes
+    from onnx_explain.session import load_model
+
+    out = augment_model(load_model(src), **kwargs)
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    write_bytes(dst, out.SerializeToString())
     return out

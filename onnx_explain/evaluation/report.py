@@ -13,8 +13,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -153,21 +151,12 @@ def summary_to_json(summary: dict[str, dict], meta: dict | None = None) -> str:
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write a file through a temporary file and a rename: never half-written."""
+    """Write a file whole or not at all (creating its folder), as every output is written."""
+    from onnx_explain.outputs import write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def write_json(path: str | Path, summary: dict[str, dict], meta: dict | None = None) -> Path:
