@@ -74,14 +74,21 @@ def check_vjp(
     results = {}
     for name in wrt:
         x = feeds[name]
-        numeric = np.zeros_like(x)
-        for idx in np.ndindex(x.shape):
-            plus, minus = x.copy(), x.copy()
-            plus[idx] += eps
-            minus[idx] -= eps
-            numeric[idx] = (objective({**feeds, name: plus}) - objective({**feeds, name: minus})) / (2 * eps)
+        numeric = central_differences(objective, feeds, name, eps)
         analytic = got[f"grad_{name}"]
         assert analytic.shape == x.shape, (analytic.shape, x.shape)
         np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol + 1e-6 * np.abs(numeric).max())
         results[name] = analytic
     return results
+
+
+def central_differences(objective, feeds: dict[str, np.ndarray], name: str, eps: float) -> np.ndarray:
+    """d objective / d feeds[name], element by element, by central differences."""
+    x = feeds[name]
+    numeric = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        numeric[idx] = (objective({**feeds, name: plus}) - objective({**feeds, name: minus})) / (2 * eps)
+    return numeric

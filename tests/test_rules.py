@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from gradcheck import check_vjp, single_op_model
+from gradcheck import central_differences, check_vjp, single_op_model
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -152,12 +152,7 @@ def fd_check_ort(model, feeds, wrt, outputs=None, *, eps=1e-6, rtol=1e-6, atol=1
 
     for name in wrt:
         x = feeds[name]
-        numeric = np.zeros_like(x)
-        for idx in np.ndindex(x.shape):
-            plus, minus = x.copy(), x.copy()
-            plus[idx] += eps
-            minus[idx] -= eps
-            numeric[idx] = (objective({**feeds, name: plus}) - objective({**feeds, name: minus})) / (2 * eps)
+        numeric = central_differences(objective, feeds, name, eps)
         assert got[name].shape == x.shape
         np.testing.assert_allclose(got[name], numeric, rtol=rtol, atol=atol + 1e-6 * np.abs(numeric).max())
     return got
