@@ -34,9 +34,12 @@ def max_pool(ctx: RuleContext):
     flat = ctx.ints([-1])
     zeros = ctx.op("ConstantOfShape", ctx.op("Reshape", ctx.op("Size", x), ctx.ints([1])),
                    value=ir.tensor(np.zeros((1,), dtype=_np_dtype(x))))
-    # Windows closer than their extent overlap and may share an arg-max; scattering is only
-    # exact without duplicates, so scatter groups of non-overlapping windows and add them.
+    # Windows closer than their extent overlap and may share an arg-max, whose gradients
+    # must add up: one adding scatter from opset 16; before, scattering is only exact
+    # without duplicates, so scatter groups of non-overlapping windows and add them.
     step = [math.ceil(e / s) for e, s in zip(win.extent, win.strides)]
+    if ctx.opset >= 16:
+        step = [1] * len(step)
     spatial = list(range(2, 2 + len(step)))
     # With ceil_mode, ONNX shape inference (which ONNX Runtime plans its buffers with) may
     # count one window more than ONNX Runtime computes; slicing with explicit ends makes
@@ -52,7 +55,9 @@ def max_pool(ctx: RuleContext):
             ends = [o + (n - 1 - o) // s * s + 1 for o, n, s in zip(offsets, win.out_size, step)]
             args = [ctx.ints(list(offsets)), ctx.ints(ends), ctx.ints(spatial), ctx.ints(step)]
             g, idx = ctx.op("Slice", dy, *args), ctx.op("Slice", indices, *args)
-        part = ctx.op("ScatterElements", zeros, ctx.op("Reshape", idx, flat), ctx.op("Reshape", g, flat), axis=0)
+        reduction = {"reduction": "add"} if ctx.opset >= 16 else {}
+        part = ctx.op("ScatterElements", zeros, ctx.op("Reshape", idx, flat), ctx.op("Reshape", g, flat), axis=0,
+                      **reduction)
         total = part if total is None else ctx.op("Add", total, part)
     return [ctx.op("Reshape", total, ctx.shape_of(x))]
 
