@@ -22,7 +22,10 @@ def add_vjp(model: onnx.ModelProto, outputs: Sequence[str], wrt: Sequence[str], 
     seeds = {}
     for name in outputs:
         v = values[name]
-        seed = ir.Value(name=f"grad_{name}", shape=v.shape, type=v.type)
+        # Symbolic dims: inferred output sizes can disagree with ONNX Runtime's (a ceil_mode
+        # pool whose last window starts in the padding), and the seed must take the real ones.
+        shape = None if v.shape is None else ir.Shape([f"{name}_d{i}" for i in range(len(v.shape))])
+        seed = ir.Value(name=f"grad_{name}", shape=shape, type=v.type)
         graph.inputs.append(seed)
         seeds[v] = seed
     targets = [values[n] for n in wrt]
