@@ -228,7 +228,7 @@ def inspect(model: str, as_json: bool) -> None:
         info["score"] = meta.score
         info["preprocess"] = json.loads(meta.preprocess.to_json()) if meta.preprocess else None
         info["labels"] = len(meta.labels) if meta.labels else 0
-        info["cam_head"] = json.loads(props[contract.METADATA_PREFIX + "cam"]) if contract.METADATA_PREFIX + "cam" in props else None
+        info["cam_head"] = meta.cam
     else:
         clf, candidates, chosen = inspect_layers(proto)
         info["classes"] = clf.num_classes

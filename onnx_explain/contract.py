@@ -82,6 +82,8 @@ class ExplainMetadata:
     outputs: dict[str, str] = dataclasses.field(default_factory=dict)  # role -> output name
     preprocess: Preprocess | None = None
     labels: list[str] | None = None
+    # CAM's classifier: {"weight": initializer, "transposed": bool, "bias": initializer | None}
+    cam: dict[str, Any] | None = None
 
     def to_props(self) -> dict[str, str]:
         props = {
@@ -94,6 +96,8 @@ class ExplainMetadata:
             props["preprocess"] = self.preprocess.to_json()
         if self.labels is not None:
             props["labels"] = json.dumps(list(self.labels))
+        if self.cam is not None:
+            props["cam"] = json.dumps(self.cam)
         return {METADATA_PREFIX + k: v for k, v in props.items()}
 
     @classmethod
@@ -104,6 +108,7 @@ class ExplainMetadata:
             return None
         pre = ours.get("preprocess")
         labels = ours.get("labels")
+        cam = ours.get("cam")
         return cls(
             version=ours["version"],
             target_layer=ours.get("target_layer", ""),
@@ -111,6 +116,7 @@ class ExplainMetadata:
             outputs=json.loads(ours.get("outputs", "{}")),
             preprocess=Preprocess.from_json(pre) if pre else None,
             labels=json.loads(labels) if labels else None,
+            cam=json.loads(cam) if cam else None,
         )
 
 

@@ -7,7 +7,6 @@ session therefore keeps one pruned copy of the graph per set of requested output
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
@@ -80,7 +79,7 @@ class ExplainSession:
         self.metadata = meta
         self.preprocess = meta.preprocess or contract.Preprocess()
         self.labels = meta.labels
-        self.cam_head = json.loads(props[contract.METADATA_PREFIX + "cam"]) if contract.METADATA_PREFIX + "cam" in props else None
+        self.cam_head = meta.cam
         inits = {i.name for i in self.model.graph.initializer}
         feeds = [i for i in self.model.graph.input if i.name not in inits]
         self.image_input = next(i.name for i in feeds if i.name != contract.TARGET)

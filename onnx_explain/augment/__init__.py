@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import onnx
 import onnx_ir as ir
@@ -30,9 +29,6 @@ from onnx_explain.errors import ExplainError, ModelError
 from onnx_explain.ir_utils import load_for_rewriting
 
 __all__ = ["augment_model", "augment_file", "inspect_layers", "Candidate", "Classifier"]
-
-CAM_KEY = contract.METADATA_PREFIX + "cam"
-
 
 def augment_model(
     model: onnx.ModelProto,
@@ -83,11 +79,10 @@ def augment_model(
         outputs={"logits" if not clf.ends_in_softmax else "probabilities": clf.output.name, **plan.outputs},
         preprocess=pre,
         labels=labels if labels is not None else plain.get("labels"),
+        cam=None if cam is None else dataclasses.asdict(cam),
     )
     props = {k: v for k, v in old.items() if not k.startswith(contract.METADATA_PREFIX)}
     props.update(meta.to_props())
-    if cam is not None:
-        props[CAM_KEY] = json.dumps(dataclasses.asdict(cam))
     irm.metadata_props.clear()
     irm.metadata_props.update(props)
     out = ir.to_proto(irm)
