@@ -105,29 +105,10 @@ def _forward(model, feeds, backend: str) -> dict[str, np.ndarray]:
     return dict(zip(_output_names(model), outs))
 
 
-def _relax_seed_shapes(vjp: onnx.ModelProto) -> onnx.ModelProto:
-    """Make the ``grad_*`` seed inputs shape-agnostic.
-
-    ``add_vjp`` declares each seed with the forward output's *inferred* shape; ONNX shape
-    inference over-estimates pooling outputs with ``ceil_mode`` (it keeps a last window
-    that starts in the padding, which ONNX Runtime drops), and ONNX Runtime checks graph
-    inputs strictly.  Only the declaration changes: the rule still has to produce the
-    right gradient.
-    """
-    for inp in vjp.graph.input:
-        if inp.name.startswith("grad_"):
-            for i, dim in enumerate(inp.type.tensor_type.shape.dim):
-                dim.Clear()
-                dim.dim_param = f"{inp.name}_d{i}"
-    return vjp
-
-
 def vjp_values(model, feeds, wrt, seeds, *, backend="ref", mode="plain") -> dict[str, np.ndarray]:
     """Run ``add_vjp(model)`` on ``feeds`` + ``seeds`` (``{output: seed}``) with ``backend``."""
     vjp = add_vjp(model, list(seeds), list(wrt), mode=mode)
     onnx.checker.check_model(vjp)
-    if backend == "ort":
-        vjp = _relax_seed_shapes(vjp)
     got = _forward(vjp, {**feeds, **{f"grad_{k}": v for k, v in seeds.items()}}, backend)
     return {w: got[f"grad_{w}"] for w in wrt}
 
