@@ -448,10 +448,7 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True)
 @click.option("-m", "--method", default="gradcam", show_default=True,
-              help="Method, or several separated by commas: " + ", ".join([
-                  "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam",
-                  "saliency", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop",
-                  "guided_gradcam"]) + ".")
+              help="Method, or several separated by commas: " + ", ".join(_method_names()) + ".")
 @click.option("--target", default="top1", show_default=True, help="Class to explain: top1 or a class index.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="explanations", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,

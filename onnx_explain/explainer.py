@@ -19,7 +19,6 @@ from onnx_explain.errors import ModelError
 from onnx_explain.evaluation.localization import box_from_heatmap
 from onnx_explain.images import LoadedImage, load_image
 from onnx_explain.methods import METHODS, create, normalize01
-from onnx_explain.methods.base import softmax
 from onnx_explain.preprocess import Geometry, preprocess_batch
 from onnx_explain.session import ExplainSession
 
@@ -237,4 +236,4 @@ def _targets(target: int | Sequence[int] | None, n: int) -> np.ndarray:
     return t
 
 
-__all__ = ["Explainer", "Explanation", "Prediction", "softmax", "contract"]
+__all__ = ["Explainer", "Explanation", "Prediction"]
