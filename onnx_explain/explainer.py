@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
-from onnx_explain import contract
 from onnx_explain.errors import ModelError
 from onnx_explain.evaluation.localization import box_from_heatmap
 from onnx_explain.images import LoadedImage, load_image

@@ -35,7 +35,6 @@ class Emitter:
         self.prefix = prefix
         self._count = 0
         self._consts: dict[tuple, ir.Value] = {}
-        self.nodes: list[ir.Node] = []
 
     def _name(self, hint: str) -> str:
         self._count += 1
@@ -58,7 +57,6 @@ class Emitter:
         for i, out in enumerate(node.outputs):
             out.name = name if num_outputs == 1 else f"{name}:{i}"
         self.graph.append(node)
-        self.nodes.append(node)
         return node.outputs
 
     def const(self, array: Any, dtype: Any = None, hint: str = "const") -> ir.Value:

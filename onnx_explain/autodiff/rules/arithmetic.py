@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from onnx_explain.autodiff.context import RuleContext
 from onnx_explain.autodiff.registry import register
 from onnx_explain.autodiff.rules._broadcast import unbroadcast
@@ -109,5 +107,3 @@ def where(ctx: RuleContext):
 def expand(ctx: RuleContext):
     return [unbroadcast(ctx, ctx.dy[0], ctx.x, ctx.y), None]
 
-
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
