@@ -274,6 +274,24 @@ def test_conv2d(rng, kind, stride):
     _check_conv(rng, *_conv_draw(rng, 2, kind, unit_stride=stride == "unit"))
 
 
+@pytest.mark.parametrize("kind", ["dense", "depthwise"])
+def test_strided_conv_backward_form(rng, kind):
+    """Strided depthwise 2-D: a Conv over the spread gradient, not ONNX Runtime's slow
+    depthwise ConvTranspose; strided dense: ConvTranspose (the spread form would cost
+    stride² times the multiply-adds)."""
+    while True:  # one channel per group and multiplier 1 / a truly dense kernel
+        x, attrs, consts = _conv_draw(rng, 2, kind, unit_stride=False)
+        c_out, c_in_g = consts["w"].shape[:2]
+        if (c_out == attrs["group"]) == (kind == "depthwise") and (kind == "depthwise" or c_in_g > 1):
+            break
+    vjp = add_vjp(op_model("Conv", {"x": x}, attrs, consts, dtype=DOUBLE), ["y0"], ["x"])
+    ops = {n.op_type for n in vjp.graph.node}
+    if kind == "depthwise":
+        assert "ConvTranspose" not in ops and {"Resize", "Conv"} <= ops, ops
+    else:
+        assert "ConvTranspose" in ops, ops
+
+
 @pytest.mark.parametrize("kind", ["dense", "grouped", "depthwise"])
 def test_conv1d(rng, kind):
     _check_conv(rng, *_conv_draw(rng, 1, kind))
