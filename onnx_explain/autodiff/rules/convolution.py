@@ -1,6 +1,6 @@
 """Conv: the input gradient, emitted in the form ONNX Runtime runs fast.
 
-Two equivalent forms of ``dX``:
+Equivalent forms of ``dX``:
 
 * stride 1: a ``Conv`` of ``dY`` with the flipped, group-transposed kernel.  ONNX Runtime
   runs it 1.5-2.5x faster than the ``ConvTranspose`` (measured on EfficientNet's
