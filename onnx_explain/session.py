@@ -2,7 +2,8 @@
 
 ONNX Runtime executes every node of a graph whatever outputs are asked for, so a run that
 only needs Grad-CAM's inputs would still pay for the input-gradient subgraph.  The
-session therefore keeps one pruned copy of the graph per set of requested outputs.
+session therefore keeps one pruned copy of the graph per set of requested outputs
+(``pruning.prune``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import onnxruntime as ort
 
 from onnx_explain import contract
 from onnx_explain.errors import ModelError
+from onnx_explain.pruning import prune
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 _PROVIDER = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -102,7 +104,7 @@ class ExplainSession:
         key = tuple(sorted(outputs))
         if key not in self._sessions:
             graph_inputs = [self.image_input] + ([contract.TARGET] if self._needs_target(key) else [])
-            pruned = onnx.utils.Extractor(self.model).extract_model(graph_inputs, list(key))
+            pruned = prune(self.model, graph_inputs, key)
             pruned.metadata_props.clear()
             options = ort.SessionOptions()
             if self.threads:
