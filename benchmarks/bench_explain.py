@@ -34,9 +34,9 @@ import torch
 
 from onnx_explain import contract
 from onnx_explain.export import export_model, export_plain
+from onnx_explain.models import DEFAULT_LAYERS
 from onnx_explain.session import ExplainSession
 
-TARGETS = {"efficientnet_lite0": "_blocks.15", "resnet50": "layer4"}
 
 
 def _layer(module: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -59,7 +59,7 @@ def bench_model(name: str, batches: list[int], rounds: int, threads: int, folder
     lines = []
     plain_path, explain_path = folder / f"{name}.onnx", folder / f"{name}.explain.onnx"
     t0 = time.perf_counter()
-    export_model(name, explain_path, input_size=224)
+    export_model(name, explain_path, input_size=224, layer=DEFAULT_LAYERS[name])
     export_seconds = time.perf_counter() - t0
     plain = export_plain(name, plain_path, input_size=224)
     size_ratio = explain_path.stat().st_size / plain_path.stat().st_size
@@ -81,7 +81,7 @@ def bench_model(name: str, batches: list[int], rounds: int, threads: int, folder
 
     torch.set_num_threads(threads)
     module = plain.module.eval()
-    layer = _layer(module, TARGETS[name])
+    layer = _layer(module, DEFAULT_LAYERS[name])  # the layer the explain model was built for
     from captum.attr import LayerGradCam, Saliency
 
     layer_gradcam, saliency = LayerGradCam(module, layer), Saliency(module)

@@ -310,3 +310,41 @@ def test_already_augmented_is_refused(small):
     _, plain = small
     with pytest.raises(ModelError, match="already an explain model"):
         augment_model(augment_model(plain))
+
+
+@pytest.mark.parametrize("head", ["gemm_transB", "gemm_alpha", "matmul_add"])
+def test_class_score_gradient_is_a_weight_row_lookup(head):
+    """The one-hot seed times the classifier weights is emitted as a Gather of the target
+    classes' rows, exactly d score / dA = alpha * W[c] / (h * w) for a GAP + linear head."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    k, classes, hw = 6, 4, 5
+    conv_w = rng.standard_normal((k, 3, 3, 3)).astype(np.float32)
+    w = rng.standard_normal((classes, k)).astype(np.float32)  # class x feature
+    alpha = 0.5 if head == "gemm_alpha" else 1.0
+    nodes = [helper.make_node("Conv", ["input", "cw"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["a"]),
+             helper.make_node("GlobalAveragePool", ["a"], ["g"]), helper.make_node("Flatten", ["g"], ["f"])]
+    inits = [numpy_helper.from_array(conv_w, "cw")]
+    if head == "matmul_add":
+        nodes += [helper.make_node("MatMul", ["f", "wt"], ["m"]), helper.make_node("Add", ["m", "bias"], ["logits"])]
+        inits += [numpy_helper.from_array(w.T.copy(), "wt"), numpy_helper.from_array(np.ones(classes, np.float32), "bias")]
+    elif head == "gemm_transB":
+        nodes.append(helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1))
+        inits.append(numpy_helper.from_array(w, "w"))
+    else:  # B stored feature x class, scaled
+        nodes.append(helper.make_node("Gemm", ["f", "wt"], ["logits"], alpha=alpha))
+        inits.append(numpy_helper.from_array(w.T.copy(), "wt"))
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, hw, hw])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    proto = augment_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    grad_ops = [n.op_type for n in proto.graph.node if n.name.startswith("grad/")]
+    assert "Gather" in grad_ops and "Gemm" not in grad_ops and "MatMul" not in grad_ops, grad_ops
+
+    x = rng.standard_normal((3, 3, hw, hw)).astype(np.float32)
+    target = np.array([2, -1, 0], dtype=np.int64)
+    out = run_explain(proto, x, target, [contract.TARGET_CLASS, contract.GRAD_ACTIVATIONS])
+    cls = out[contract.TARGET_CLASS]
+    expected = np.broadcast_to((alpha * w[cls] / hw**2)[:, :, None, None], (3, k, hw, hw))
+    np.testing.assert_allclose(out[contract.GRAD_ACTIVATIONS], expected, rtol=1e-6, atol=1e-7)
+    assert cls[0] == 2 and cls[2] == 0
