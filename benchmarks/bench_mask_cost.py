@@ -1,0 +1,99 @@
+"""What the activation masks cost the input gradient: a diagnostic, not a product path.
+
+The backward of ReLU / ReLU6 multiplies the gradient by a 0/1 mask read from the
+activation (``Greater`` / ``Less`` / ``And`` / ``Cast`` / ``Mul``).  ONNX Runtime cannot run
+those operators in its blocked NCHWc layout, so each mask also costs layout reorders of the
+activation and of the gradient.  This script times, side by side in one run on ONNX Runtime
+CPU, the plain forward, the explain model's input-gradient run, and the same run with every
+mask multiplication removed (a wrong gradient, built only to measure what the masks and
+their reorders cost).
+
+    python benchmarks/bench_mask_cost.py [--models resnet50,efficientnet_lite0] [--batches 1,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnx_explain import contract
+from onnx_explain.export import export_model, export_plain
+from onnx_explain.pruning import prune
+
+OUTPUTS = [contract.ACTIVATIONS, contract.GRAD_ACTIVATIONS, contract.GRAD_INPUT, "logits"]
+
+
+def without_masks(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``Mul(g, Cast(mask))`` nodes of the gradient subgraph replaced by ``g`` itself."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    producer = {out: node for node in model.graph.node for out in node.output}
+    renamed, kept = {}, []
+    for node in model.graph.node:
+        mask = producer.get(node.input[1]) if node.op_type == "Mul" and len(node.input) == 2 else None
+        if node.name.startswith("grad/") and mask is not None and mask.op_type == "Cast":
+            renamed[node.output[0]] = node.input[0]
+            continue
+        kept.append(node)
+    for node in kept:
+        for i, name in enumerate(node.input):
+            while name in renamed:
+                name = renamed[name]
+            node.input[i] = name
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
+def _session(model: onnx.ModelProto | str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet50,efficientnet_lite0")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(f"onnxruntime {ort.__version__}, {args.threads} threads, 224x224, median of {args.rounds} interleaved rounds")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            plain_path = Path(tmp) / f"{name}.onnx"
+            export_plain(name, plain_path, input_size=224)
+            explain = export_model(name, None, input_size=224).model
+            inputs = ["input", contract.TARGET]
+            sessions = {  # pruned after the masks go, so that what computed them goes too
+                "forward": (_session(str(plain_path), args.threads), False),
+                "input gradient": (_session(prune(explain, inputs, OUTPUTS), args.threads), True),
+                "... without masks": (_session(prune(without_masks(explain), inputs, OUTPUTS), args.threads), True),
+            }
+            for batch in [int(b) for b in args.batches.split(",")]:
+                x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+                feeds = {"input": x, contract.TARGET: np.full(batch, -1, dtype=np.int64)}
+                runs = {k: (lambda s=s, t=t: s.run(None, feeds if t else {"input": x})) for k, (s, t) in sessions.items()}
+                for run in runs.values():
+                    run()
+                times: dict[str, list[float]] = {k: [] for k in runs}
+                for _ in range(args.rounds):
+                    for k, run in runs.items():
+                        t0 = time.perf_counter()
+                        run()
+                        times[k].append(time.perf_counter() - t0)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                forward = med["forward"]
+                print(f"{name}, batch {batch}: " + ", ".join(f"{k} {1000 * v:.1f} ms ({v / forward:.2f} x)" for k, v in med.items()))
+
+
+if __name__ == "__main__":
+    main()
