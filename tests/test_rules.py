@@ -277,12 +277,13 @@ def test_conv2d(rng, kind, stride):
 @pytest.mark.parametrize("kind", ["dense", "depthwise"])
 def test_strided_conv_backward_form(rng, kind):
     """Strided depthwise 2-D: a Conv over the spread gradient, not ONNX Runtime's slow
-    depthwise ConvTranspose; strided dense: ConvTranspose (the spread form would cost
-    stride² times the multiply-adds)."""
+    depthwise ConvTranspose; strided dense with a kernel wider than 1: ConvTranspose (the
+    spread form would cost stride² times the multiply-adds)."""
     while True:  # one channel per group and multiplier 1 / a truly dense kernel
         x, attrs, consts = _conv_draw(rng, 2, kind, unit_stride=False)
         c_out, c_in_g = consts["w"].shape[:2]
-        if (c_out == attrs["group"]) == (kind == "depthwise") and (kind == "depthwise" or c_in_g > 1):
+        pointwise = attrs["kernel_shape"] == [1, 1]  # its own form: test_pointwise_strided_conv
+        if (c_out == attrs["group"]) == (kind == "depthwise") and (kind == "depthwise" or (c_in_g > 1 and not pointwise)):
             break
     vjp = add_vjp(op_model("Conv", {"x": x}, attrs, consts, dtype=DOUBLE), ["y0"], ["x"])
     ops = {n.op_type for n in vjp.graph.node}
@@ -290,6 +291,20 @@ def test_strided_conv_backward_form(rng, kind):
         assert "ConvTranspose" not in ops and {"Resize", "Conv"} <= ops, ops
     else:
         assert "ConvTranspose" in ops, ops
+
+
+@pytest.mark.parametrize("kind", ["dense", "grouped", "depthwise"])
+def test_pointwise_strided_conv(rng, kind):
+    """1x1 strided (ResNet's shortcuts): mixing channels on dY's grid, then spreading, with
+    random pads (a 1x1 window may sit in the padding) and input sizes the stride leaves
+    uncovered at the end."""
+    while True:
+        x, attrs, consts = _conv_draw(rng, 2, kind, unit_stride=False)
+        if attrs["kernel_shape"] == [1, 1]:
+            break
+    vjp = add_vjp(op_model("Conv", {"x": x}, attrs, consts, dtype=DOUBLE), ["y0"], ["x"])
+    assert "ConvTranspose" not in {n.op_type for n in vjp.graph.node}
+    _check_conv(rng, x, attrs, consts)
 
 
 @pytest.mark.parametrize("kind", ["dense", "grouped", "depthwise"])
