@@ -23,6 +23,26 @@ DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 _PROVIDER = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
+# Outputs whose backward runs through the whole network, ReLU masks and all.
+_THROUGH_THE_NETWORK = (contract.GRAD_INPUT, contract.GUIDED_GRAD_INPUT)
+
+
+def _blocked_mask_session_or_none(model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]):
+    """ONNX Runtime CPU session with the gradient masks kept in its NCHWc layout
+    (``nchwc_masks``); ``None`` (plain session) where that does not apply or fails."""
+    import logging
+    import tempfile
+
+    from onnx_explain.nchwc_masks import blocked_mask_session
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="onnx-explain-") as scratch:
+            return blocked_mask_session(model, options, providers, scratch)
+    except Exception as err:  # an optimization only: the plain session computes the same values
+        logging.getLogger(__name__).debug("NCHWc mask layout not applied: %s", err)
+        return None
+
+
 def providers_for(device: str) -> list[str]:
     """ONNX Runtime providers for ``device``; asking for a GPU where there is none is an error."""
     available = ort.get_available_providers()
@@ -113,7 +133,11 @@ class ExplainSession:
             options.log_severity_level = 3
             for k, v in self.session_config.items():
                 options.add_session_config_entry(k, v)
-            session = ort.InferenceSession(pruned.SerializeToString(), options, providers=self.providers)
+            session = None
+            if self.providers == ["CPUExecutionProvider"] and any(o in key for o in _THROUGH_THE_NETWORK):
+                session = _blocked_mask_session_or_none(pruned, options, self.providers)
+            if session is None:
+                session = ort.InferenceSession(pruned.SerializeToString(), options, providers=self.providers)
             if self.device in _PROVIDER and _PROVIDER[self.device] not in session.get_providers():
                 raise ModelError(f"device {self.device!r} asked for, but ONNX Runtime could not start it (no usable GPU?)")
             self._sessions[key] = session
