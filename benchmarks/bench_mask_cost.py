@@ -6,7 +6,8 @@ those operators in its blocked NCHWc layout, so each mask also costs layout reor
 activation and of the gradient.  This script times, side by side in one run on ONNX Runtime
 CPU, the plain forward, the explain model's input-gradient run, and the same run with every
 mask multiplication removed (a wrong gradient, built only to measure what the masks and
-their reorders cost).
+their reorders cost), and the run as ``ExplainSession`` does it on CPU, with the masks kept
+in the NCHWc layout (``onnx_explain.nchwc_masks``).
 
     python benchmarks/bench_mask_cost.py [--models resnet50,efficientnet_lite0] [--batches 1,8]
 """
@@ -25,6 +26,7 @@ import onnxruntime as ort
 
 from onnx_explain import contract
 from onnx_explain.export import export_model, export_plain
+from onnx_explain.nchwc_masks import blocked_mask_session
 from onnx_explain.pruning import prune
 
 OUTPUTS = [contract.ACTIVATIONS, contract.GRAD_ACTIVATIONS, contract.GRAD_INPUT, "logits"]
@@ -59,6 +61,13 @@ def _session(model: onnx.ModelProto | str, threads: int) -> ort.InferenceSession
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+def _blocked_session(model: onnx.ModelProto, threads: int, scratch: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return blocked_mask_session(model, options, ["CPUExecutionProvider"], scratch)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,efficientnet_lite0")
@@ -73,9 +82,11 @@ def main() -> None:
             export_plain(name, plain_path, input_size=224)
             explain = export_model(name, None, input_size=224).model
             inputs = ["input", contract.TARGET]
+            pruned = prune(explain, inputs, OUTPUTS)
             sessions = {  # pruned after the masks go, so that what computed them goes too
                 "forward": (_session(str(plain_path), args.threads), False),
-                "input gradient": (_session(prune(explain, inputs, OUTPUTS), args.threads), True),
+                "input gradient": (_session(pruned, args.threads), True),
+                "... masks in NCHWc": (_blocked_session(pruned, args.threads, tmp), True),
                 "... without masks": (_session(prune(without_masks(explain), inputs, OUTPUTS), args.threads), True),
             }
             for batch in [int(b) for b in args.batches.split(",")]:
