@@ -11,9 +11,11 @@ Elementwise operators do not care about layout as long as all their tensor opera
 it, so on a graph ONNX Runtime has already optimized this pass lets them read and write the
 NCHWc tensors directly: a tensor operand coming out of a ``ReorderOutput`` is read before
 the reorder, an NCHW operand of the same shape is reordered in once, and a
-``ReorderInput`` of the result is skipped.  Values are unchanged to the bit (the
-operators compute the same numbers, only in another memory order); the blocked layout's
-padding channels hold finite values that the next convolution multiplies by zero
+``ReorderInput`` of the result is skipped; a gradient sum that meets a convolution's
+output becomes that convolution accumulating onto the other operand, as ONNX Runtime
+fuses a forward residual ``Add``.  The operators compute the same numbers in another
+memory order (to the bit, but for the accumulation's rounding order); the blocked
+layout's padding channels hold finite values that the next convolution multiplies by zero
 weights, which is why only operators that keep finite values finite are moved.
 """
 
@@ -93,7 +95,42 @@ def keep_masks_blocked(optimized: onnx.ModelProto, shapes: Mapping[str, Sequence
     if not moved:
         return model, 0
     _reconnect(graph, moved, blocked, graph_outputs, new_reorders)
+    _accumulate_into_convolutions(graph, graph_outputs)
     return model, len(moved)
+
+
+def _accumulate_into_convolutions(graph, graph_outputs) -> None:
+    """``Sum(conv(x), other)`` in the blocked layout becomes ``conv(x)`` accumulating onto
+    ``other`` (the NCHWc convolution's optional fourth input, as ONNX Runtime itself fuses a
+    residual ``Add``): one pass less per gradient accumulation."""
+    producer = {out: node for node in graph.node for out in node.output}
+    readers = collections.Counter(name for node in graph.node for name in node.input)
+    fused: dict[int, onnx.NodeProto] = {}  # id(Sum) -> the convolution that replaces it
+    for node in graph.node:
+        if node.op_type not in ("Sum", "Add") or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        if not node.output[0].endswith("/nchwc"):  # moved here: both operands are blocked
+            continue
+        for mine, other in ((0, 1), (1, 0)):
+            conv = producer.get(node.input[mine])
+            if (conv is None or not _is(conv, "Conv") or id(conv) in {id(c) for c in fused.values()}
+                    or len(conv.input) > 3 or any(a.name == "activation" for a in conv.attribute)
+                    or readers[conv.output[0]] != 1 or conv.output[0] in graph_outputs):
+                continue
+            conv.input.extend([""] * (3 - len(conv.input)) + [node.input[other]])
+            conv.output[0] = node.output[0]
+            fused[id(node)] = conv
+            break
+    if not fused:
+        return
+    moved_convs = {id(c) for c in fused.values()}
+    nodes = []
+    for node in graph.node:  # the convolution now runs where the sum did: after ``other``
+        if id(node) in moved_convs:
+            continue
+        nodes.append(fused.get(id(node), node))
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _reconnect(graph, moved, blocked, graph_outputs, new_reorders) -> None:
