@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnx_explain.autodiff.emitter import Emitter
+from onnx_explain.autodiff.emitter import Emitter, numpy_dtype
 from onnx_explain.errors import UnsupportedOperatorError
 
 
@@ -101,8 +101,12 @@ class RuleContext:
     def shape_of(self, value: ir.Value) -> ir.Value:
         return self.op("Shape", value)
 
-    def zeros_like(self, value: ir.Value) -> ir.Value:
-        from onnx_explain.autodiff.emitter import numpy_dtype
+    def numpy_dtype(self, value: ir.Value | None = None):
+        """NumPy element type of ``value`` (default: the node's first input), for constants
+        built beside it; values the emitter created carry no type yet: its float type."""
+        value = self.x if value is None else value
+        return numpy_dtype(value.dtype or self.em.float_dtype)
 
-        zero = ir.tensor(np.zeros((1,), dtype=numpy_dtype(value.dtype or self.em.float_dtype)))
+    def zeros_like(self, value: ir.Value) -> ir.Value:
+        zero = ir.tensor(np.zeros((1,), dtype=self.numpy_dtype(value)))
         return self.op("ConstantOfShape", self.shape_of(value), value=zero)

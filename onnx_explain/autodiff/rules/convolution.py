@@ -124,16 +124,10 @@ def _spread_onto_input_grid(ctx: RuleContext, dy, strides: list[int], out_size: 
         "Resize", dy, None, ctx.em.const(np.array([1, 1] + strides, dtype=np.float32), hint="scales"),
         mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor",
     )
-    tile = np.zeros([1, 1] + strides, dtype=_np_dtype(ctx))
+    tile = np.zeros([1, 1] + strides, dtype=ctx.numpy_dtype())
     tile[0, 0, 0, 0] = 1
     lattice = ctx.op("Tile", ctx.em.const(tile, hint="lattice_tile"), ctx.ints([1, 1] + out_size))
     return ctx.op("Mul", up, lattice)
-
-
-def _np_dtype(ctx: RuleContext):
-    from onnx_explain.autodiff.emitter import numpy_dtype
-
-    return numpy_dtype(ctx.x.dtype or ctx.em.float_dtype)
 
 
 def _pad_or_crop_spatial(ctx: RuleContext, value, begin: list[int], end: list[int]):

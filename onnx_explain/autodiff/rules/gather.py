@@ -48,6 +48,4 @@ def gather(ctx: RuleContext):
 def _zero(ctx: RuleContext):
     import onnx_ir as ir
 
-    from onnx_explain.autodiff.emitter import numpy_dtype
-
-    return ir.tensor(np.zeros((1,), dtype=numpy_dtype(ctx.x.dtype or ctx.em.float_dtype)))
+    return ir.tensor(np.zeros((1,), dtype=ctx.numpy_dtype()))

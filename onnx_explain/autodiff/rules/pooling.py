@@ -33,7 +33,7 @@ def max_pool(ctx: RuleContext):
     x, dy = ctx.x, ctx.dy[0]
     flat = ctx.ints([-1])
     zeros = ctx.op("ConstantOfShape", ctx.op("Reshape", ctx.op("Size", x), ctx.ints([1])),
-                   value=ir.tensor(np.zeros((1,), dtype=_np_dtype(x))))
+                   value=ir.tensor(np.zeros((1,), dtype=ctx.numpy_dtype(x))))
     # Windows closer than their extent overlap and may share an arg-max, whose gradients
     # must add up: one adding scatter from opset 16; before, scattering is only exact
     # without duplicates, so scatter groups of non-overlapping windows and add them.
@@ -60,12 +60,6 @@ def max_pool(ctx: RuleContext):
                       **reduction)
         total = part if total is None else ctx.op("Add", total, part)
     return [ctx.op("Reshape", total, ctx.shape_of(x))]
-
-
-def _np_dtype(value: ir.Value):
-    from onnx_explain.autodiff.emitter import numpy_dtype
-
-    return numpy_dtype(value.dtype)
 
 
 def _divisors(win, ceil_mode: bool, include_pad: bool) -> np.ndarray:
@@ -116,7 +110,7 @@ def average_pool(ctx: RuleContext):
     if channels is None:
         raise ctx.unsupported("AveragePool with a dynamic channel count")
     divisors = _divisors(win, bool(ctx.attr("ceil_mode", 0)), bool(ctx.attr("count_include_pad", 0)))
-    dtype = _np_dtype(x)
+    dtype = ctx.numpy_dtype(x)
     g = ctx.op("Div", dy, ctx.em.const(divisors.reshape((1, 1) + divisors.shape).astype(dtype)))
     ones = ctx.em.const(np.ones([channels, 1] + kernel, dtype=dtype))
     natural = [(o - 1) * s + k - b - e for o, s, k, b, e in zip(win.out_size, win.strides, kernel, win.pad_begin, win.pad_end)]
