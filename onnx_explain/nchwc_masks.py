@@ -113,8 +113,7 @@ def _accumulate_into_convolutions(graph, graph_outputs) -> None:
             continue
         for mine, other in ((0, 1), (1, 0)):
             conv = producer.get(node.input[mine])
-            if (conv is None or not _is(conv, "Conv") or id(conv) in {id(c) for c in fused.values()}
-                    or len(conv.input) > 3 or any(a.name == "activation" for a in conv.attribute)
+            if (conv is None or not _is(conv, "Conv") or len(conv.input) > 3 or any(a.name == "activation" for a in conv.attribute)
                     or readers[conv.output[0]] != 1 or conv.output[0] in graph_outputs):
                 continue
             conv.input.extend([""] * (3 - len(conv.input)) + [node.input[other]])
@@ -182,28 +181,37 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
+def ort_optimized_graph(model: onnx.ModelProto, providers: Sequence[str], scratch: str) -> onnx.ModelProto:
+    """ONNX Runtime's fully optimized graph of ``model``, its weights left in a file of their
+    own in ``scratch`` (the graph read, rewritten and written back stays small: ResNet-50's
+    optimized weights are 200 MB)."""
+    import os
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = os.path.join(scratch, "optimized.onnx")
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
+    return onnx.load(options.optimized_model_filepath, load_external_data=False)
+
+
 def blocked_mask_session(model: onnx.ModelProto, options, providers: Sequence[str], scratch: str):
     """An ONNX Runtime CPU session of ``model`` with its masks kept in the blocked layout, or
     ``None`` when ONNX Runtime's optimized graph leaves nothing to move.
 
-    ONNX Runtime writes its optimized graph to ``scratch`` (a folder); the rewritten graph is
-    loaded with only the basic optimizations, which do not undo it.
+    The rewritten graph is written beside its weights in ``scratch`` and loaded with only the
+    basic optimizations, which do not undo it.
     """
     import os
 
     import onnxruntime as ort
 
-    first = ort.SessionOptions()
-    first.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    first.optimized_model_filepath = os.path.join(scratch, "optimized.onnx")
-    first.log_severity_level = 3
-    # Weights go to a file of their own: the graph that is read, rewritten and written
-    # back stays small (ResNet-50's optimized weights are 200 MB).
-    first.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
-    first.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(model.SerializeToString(), first, providers=list(providers))
-    optimized = onnx.load(first.optimized_model_filepath, load_external_data=False)
-    rewritten, moved = keep_masks_blocked(optimized, _channel_first_shapes(model))
+    optimized = ort_optimized_graph(model, providers, scratch)
+    rewritten, moved = keep_masks_blocked(optimized, channel_first_shapes(model))
     if not moved:
         return None
     path = os.path.join(scratch, "rewritten.onnx")  # beside weights.bin, which it refers to
@@ -212,19 +220,20 @@ def blocked_mask_session(model: onnx.ModelProto, options, providers: Sequence[st
     return ort.InferenceSession(path, options, providers=list(providers))
 
 
-def _channel_first_shapes(model: onnx.ModelProto) -> dict[str, list]:
-    """Shapes of the graph's values by ONNX shape inference, the weights passed as inputs of
-    their size (their contents do not matter and would only be copied around)."""
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    small = []
-    for tensor in light.graph.initializer:
-        if int(np.prod(tensor.dims)) > 256:
-            light.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-        else:
-            small.append(tensor)
-    del light.graph.initializer[:]
-    light.graph.initializer.extend(small)
+def channel_first_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Shapes of the graph's values by ONNX shape inference, the large weights passed as
+    inputs of their size (only their sizes matter, their contents are not copied)."""
+    graph = model.graph
+    weights = [i for i in graph.initializer if int(np.prod(i.dims)) > 256]
+    light = helper.make_model(
+        helper.make_graph(
+            graph.node, "shapes",
+            list(graph.input) + [helper.make_tensor_value_info(w.name, w.data_type, list(w.dims)) for w in weights],
+            graph.output,
+            [i for i in graph.initializer if int(np.prod(i.dims)) <= 256],
+        ),
+        opset_imports=model.opset_import, ir_version=model.ir_version,
+    )
     inferred = onnx.shape_inference.infer_shapes(light)
     return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
             for v in list(inferred.graph.value_info) + list(inferred.graph.output)}

@@ -10,7 +10,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_explain import contract
 from onnx_explain.augment import augment_model
-from onnx_explain.nchwc_masks import NCHWC_DOMAIN, blocked_mask_session, keep_masks_blocked
+from onnx_explain.nchwc_masks import (
+    NCHWC_DOMAIN,
+    blocked_mask_session,
+    channel_first_shapes,
+    keep_masks_blocked,
+    ort_optimized_graph,
+)
 from onnx_explain.pruning import prune
 from onnx_explain.session import ExplainSession
 
@@ -62,14 +68,8 @@ def _plain_session(model: onnx.ModelProto) -> ort.InferenceSession:
 @pytest.mark.parametrize("channels", [32, 24])  # 24: the blocked layout pads channels
 def test_same_numbers_fewer_reorders(tmp_path, channels):
     model = _net(channels)
-    first = ort.SessionOptions()
-    first.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(model.SerializeToString(), first, providers=["CPUExecutionProvider"])
-    optimized = onnx.load(first.optimized_model_filepath)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-              for v in inferred.graph.value_info}
-    rewritten, moved = keep_masks_blocked(optimized, shapes)
+    optimized = ort_optimized_graph(model, ["CPUExecutionProvider"], str(tmp_path))
+    rewritten, moved = keep_masks_blocked(optimized, channel_first_shapes(model))
 
     def reorders(m):
         return sum(1 for n in m.graph.node if n.domain == NCHWC_DOMAIN and n.op_type.startswith("Reorder"))
