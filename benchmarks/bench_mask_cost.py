@@ -53,19 +53,20 @@ def without_masks(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _session(model: onnx.ModelProto | str, threads: int) -> ort.InferenceSession:
+def _options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _session(model: onnx.ModelProto | str, threads: int) -> ort.InferenceSession:
     source = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, _options(threads), providers=["CPUExecutionProvider"])
 
 
 def _blocked_session(model: onnx.ModelProto, threads: int, scratch: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return blocked_mask_session(model, options, ["CPUExecutionProvider"], scratch)
+    return blocked_mask_session(model, _options(threads), ["CPUExecutionProvider"], scratch)
 
 
 def main() -> None:
