@@ -257,12 +257,16 @@ def test_opsets_13_to_21(opset):
     assert_close(out[contract.GRAD_INPUT], xt.grad.numpy(), f"grad_input opset {opset}")
 
 
-def test_old_opset_is_refused_with_advice(small):
+def test_opset_outside_the_convertible_range_is_refused(small):
+    """Opsets 7-12 are upgraded (tests/test_foreign_exports.py); older or newer ones are
+    refused by number, with no advice to run a conversion."""
     _, plain = small
-    old = onnx.ModelProto.FromString(plain.SerializeToString())
-    old.opset_import[0].version = 11
-    with pytest.raises(ModelError, match="opset 11"):
-        augment_model(old)
+    for version, words in ((5, "older than 7"), (99, "newer than")):
+        old = onnx.ModelProto.FromString(plain.SerializeToString())
+        old.opset_import[0].version = version
+        with pytest.raises(ModelError, match=f"opset {version} is {words}") as info:
+            augment_model(old)
+        assert "convert_version" not in str(info.value)
 
 
 def test_unsupported_operator_on_path_is_named():

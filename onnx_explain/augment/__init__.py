@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import onnx
 import onnx_ir as ir
@@ -24,11 +25,16 @@ from onnx_explain.augment.add_target_score import AddTargetAndScorePass
 from onnx_explain.augment.cam_head import find_cam_head
 from onnx_explain.augment.graph_facts import Classifier, find_classifier
 from onnx_explain.augment.plan import ExplainPlan
-from onnx_explain.augment.target_layer import Candidate, candidate_layers, choose_target_layer
+from onnx_explain.augment.target_layer import (
+    Candidate,
+    SmallTargetLayerWarning,
+    choose_target_layer,
+    layer_report,
+)
 from onnx_explain.errors import ExplainError, ModelError
 from onnx_explain.ir_utils import load_for_rewriting
 
-__all__ = ["augment_model", "augment_file", "inspect_layers", "Candidate", "Classifier"]
+__all__ = ["augment_model", "augment_file", "inspect_layers", "Candidate", "Classifier", "SmallTargetLayerWarning"]
 
 def augment_model(
     model: onnx.ModelProto,
@@ -48,7 +54,10 @@ def augment_model(
     """
     if any(o.name in (contract.TARGET_CLASS, contract.SCORE, contract.ACTIVATIONS) for o in model.graph.output):
         raise ModelError("this model is already an explain model")
-    irm = load_for_rewriting(model)
+    old = {p.key: p.value for p in model.metadata_props}
+    plain = contract.read_plain_metadata(old)
+    size_source = preprocess or plain.get("preprocess")
+    irm = load_for_rewriting(model, size=None if size_source is None else tuple(size_source.size))
     graph = irm.graph
     clf = find_classifier(graph)
     cand = choose_target_layer(graph, clf, layer)
@@ -70,8 +79,6 @@ def augment_model(
         raise
     graph.sort()
 
-    old = {p.key: p.value for p in model.metadata_props}
-    plain = contract.read_plain_metadata(old)
     pre = preprocess or plain.get("preprocess") or _default_preprocess(clf)
     meta = contract.ExplainMetadata(
         target_layer=cand.value.name,
@@ -95,11 +102,24 @@ def _default_preprocess(clf: Classifier) -> contract.Preprocess:
     return contract.Preprocess(size=(h, w), layout=clf.layout)
 
 
-def inspect_layers(model: onnx.ModelProto) -> tuple[Classifier, list[Candidate], Candidate]:
-    """The classifier facts, all candidate target layers, and the one chosen by default."""
-    irm = load_for_rewriting(model)
+def inspect_layers(model: onnx.ModelProto, size: tuple[int, int] | None = None
+                   ) -> tuple[Classifier, list[Candidate], Candidate | None]:
+    """The classifier facts, every 4-D activation between the image and the logits (each
+    with the reason it is not usable, if it is not), and the one chosen by default (``None``
+    when none is usable). ``size`` fixes a dynamic image size, as for :func:`augment_model`."""
+    if size is None:
+        meta = contract.read_plain_metadata({p.key: p.value for p in model.metadata_props}).get("preprocess")
+        size = None if meta is None else tuple(meta.size)
+    irm = load_for_rewriting(model, size=size)
     clf = find_classifier(irm.graph)
-    return clf, candidate_layers(irm.graph, clf), choose_target_layer(irm.graph, clf)
+    report = layer_report(irm.graph, clf)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SmallTargetLayerWarning)
+            chosen = choose_target_layer(irm.graph, clf)
+    except ModelError:
+        chosen = None
+    return clf, report, chosen
 
 
 def augment_file(src: str, dst: str, **kwargs) -> onnx.ModelProto:

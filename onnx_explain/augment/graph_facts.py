@@ -9,7 +9,9 @@ import onnx_ir as ir
 from onnx_explain.errors import ModelError
 
 _FLOATS = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16}
-_PASS_THROUGH = {"Identity"}
+# Ops that exporters and converters wrap around the final Softmax without changing which
+# class scores it normalises (onnx.version_converter: Flatten -> Softmax -> Reshape).
+_SOFTMAX_WRAPPERS = {"Identity", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Dropout"}
 
 
 @dataclasses.dataclass
@@ -69,40 +71,72 @@ def input_layout(image: ir.Value) -> str:
 
 
 def _pre_softmax(output: ir.Value) -> tuple[ir.Value, bool]:
+    """(the logits, whether the output is their Softmax/LogSoftmax), looking through wrappers.
+
+    The logits are the Softmax's input when it is N x classes; when a wrapper sits before the
+    Softmax too (``Flatten -> Softmax -> Reshape``), the wrapper's input, if that is.
+    """
     value = output
-    while value.producer() is not None and value.producer().op_type in _PASS_THROUGH:
-        value = value.producer().inputs[0]
-    producer = value.producer()
-    if producer is not None and producer.op_type in ("Softmax", "LogSoftmax"):
-        return producer.inputs[0], True
-    return output, False
-
-
-_CHANNEL_FIRST_PRODUCERS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "BatchNormalization", "Resize"}
-_ELEMENTWISE = {"Relu", "Clip", "Add", "Mul", "Sigmoid", "HardSwish", "HardSigmoid", "LeakyRelu", "PRelu",
-                "Identity", "Tanh", "Sub", "Div", "Concat", "Dropout", "Erf", "Gelu"}
-
-
-def activation_layout(value: ir.Value, classifier: Classifier) -> str:
-    """Channel-first unless the value provably comes from a channel-last computation."""
     seen = 0
-    while seen < 100:
-        seen += 1
-        producer = value.producer()
-        if producer is None:
-            return classifier.layout if value is classifier.image else "NCHW"
-        op = producer.op_type
-        if op in _CHANNEL_FIRST_PRODUCERS:
-            return "NCHW"
-        if op == "Transpose":
-            perm = list(producer.attributes["perm"].value) if "perm" in producer.attributes else None
-            if perm == [0, 2, 3, 1]:
-                return "NHWC"
-            return "NCHW"
-        if op in _ELEMENTWISE:
-            value = next((v for v in producer.inputs if v is not None and v.shape is not None and len(v.shape) == 4), None)
-            if value is None:
-                return "NCHW"
-            continue
-        return "NCHW"
-    return "NCHW"
+    while value.producer() is not None and value.producer().op_type in _SOFTMAX_WRAPPERS and seen < 16:
+        value, seen = value.producer().inputs[0], seen + 1
+    producer = value.producer()
+    if producer is None or producer.op_type not in ("Softmax", "LogSoftmax"):
+        return output, False
+    logits = producer.inputs[0]
+    inner = logits
+    while not _is_n_by_classes(inner) and inner.producer() is not None \
+            and inner.producer().op_type in _SOFTMAX_WRAPPERS and seen < 32:
+        inner, seen = inner.producer().inputs[0], seen + 1
+    return (inner if _is_n_by_classes(inner) else logits), True
+
+
+def _is_n_by_classes(value: ir.Value) -> bool:
+    return value.shape is not None and len(value.shape) == 2 and isinstance(value.shape[1], int)
+
+
+_CHANNEL_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+                  "GlobalMaxPool", "GlobalLpPool", "BatchNormalization", "InstanceNormalization", "LRN",
+                  "GroupNormalization", "DepthToSpace", "SpaceToDepth", "MaxRoiPool"}
+# Ops whose 4-D output keeps the channel axis of their first 4-D input.
+_SAME_LAYOUT = {"Relu", "Clip", "Add", "Sub", "Mul", "Div", "Sigmoid", "HardSwish", "HardSigmoid", "LeakyRelu",
+                "PRelu", "Identity", "Tanh", "Concat", "Dropout", "Erf", "Gelu", "Elu", "Selu", "Celu", "Softplus",
+                "Mish", "Softsign", "ThresholdedRelu", "Neg", "Abs", "Exp", "Log", "Sqrt", "Pow", "Reciprocal",
+                "Sum", "Mean", "Max", "Min", "Pad", "Slice", "Split", "Resize", "Upsample", "Cast", "Where",
+                "Expand", "Tile", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
+                "ReduceL2", "LayerNormalization"}
+
+
+def channel_axes(graph: ir.Graph, classifier: Classifier) -> dict[ir.Value, int]:
+    """The channel axis (1 or 3) of each 4-D value, propagated forward from the image input.
+
+    Channel-first ops (Conv, pooling, normalisations) put it on axis 1; a Transpose moves it;
+    elementwise, routing and keep-dims reductions keep it. Values reached only through ops
+    that say nothing (Reshape to 4-D, unknown ops) are left out: callers take channel-first.
+    """
+    axes: dict[ir.Value, int] = {classifier.image: 1 if classifier.layout == "NCHW" else 3}
+    for node in graph:
+        for out in node.outputs:
+            if out.shape is None or len(out.shape) != 4:
+                continue
+            op = node.op_type
+            if op in _CHANNEL_FIRST:
+                axes[out] = 1
+            elif op == "Transpose":
+                src = node.inputs[0]
+                perm = list(node.attributes["perm"].value) if "perm" in node.attributes else [3, 2, 1, 0]
+                if src in axes and axes[src] in perm:
+                    axes[out] = perm.index(axes[src])
+            elif op in _SAME_LAYOUT:
+                src = next((v for v in node.inputs if v is not None and v in axes), None)
+                if src is not None:
+                    axes[out] = axes[src]
+    return axes
+
+
+def activation_layout(value: ir.Value, classifier: Classifier, axes: dict[ir.Value, int] | None = None) -> str:
+    """"NHWC" where the channel axis provably is the last one, else "NCHW"."""
+    if axes is None:
+        graph = value.graph if value.graph is not None else classifier.image.graph
+        axes = channel_axes(graph, classifier)
+    return "NHWC" if axes.get(value) == 3 else "NCHW"

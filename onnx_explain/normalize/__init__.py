@@ -1,0 +1,70 @@
+"""Normalising ONNX files from other producers before the augmenter analyses them.
+
+Real classifiers come from TorchScript and dynamo exports, paddle2onnx, tf2onnx and
+simplifiers, at opsets from 7 up. Each difference that matters to the analysis is one
+onnx-ir pass here, run in this order by :func:`normalize_model`:
+
+1. :class:`UpgradeOpsetPass` - opsets below 13 are converted with ONNX's own version
+   converter (its ``Softmax`` rewrite is recognised later, see ``graph_facts``);
+2. ``LiftConstantsToInitializersPass`` (onnx-ir) - weights held in ``Constant`` nodes
+   become initializers, as every rule and head detector expects;
+3. :class:`FixImageSizePass` - a dynamic height/width is fixed from the size the user
+   gives (or the preprocessing metadata), the batch stays dynamic;
+4. :class:`FoldShapeComputationsPass` - integer shape computations (``Shape -> Gather ->
+   Concat -> Reshape``, computed pads) folded to constants by onnxscript's folder;
+   float computations are never touched, so the model's own outputs stay bit for bit;
+5. ONNX shape inference with data propagation.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass
+
+from onnx_explain.errors import ModelError
+from onnx_explain.normalize.fix_image_size import FixImageSizePass
+from onnx_explain.normalize.fold_shape_computations import FoldShapeComputationsPass
+from onnx_explain.normalize.infer_shapes import InferShapesPass
+from onnx_explain.normalize.upgrade_opset import MAX_OPSET, MIN_OPSET, UpgradeOpsetPass, opset_of
+
+__all__ = [
+    "normalize_model",
+    "FixImageSizePass",
+    "FoldShapeComputationsPass",
+    "InferShapesPass",
+    "UpgradeOpsetPass",
+    "MIN_OPSET",
+    "MAX_OPSET",
+    "opset_of",
+]
+
+
+def normalize_model(model: onnx.ModelProto | ir.Model, size: tuple[int, int] | None = None) -> ir.Model:
+    """The model as the analysis expects it: opset >= 13, weights as initializers, a static
+    image height/width, integer shape computations folded, shapes inferred, nodes sorted.
+
+    ``size`` (height, width) fixes a dynamic image size; a fixed size that differs from it is
+    an error. Without it, a dynamic height/width is an error naming the input.
+    """
+    irm = model if isinstance(model, ir.Model) else ir.from_proto(model)
+    passes = [
+        UpgradeOpsetPass(),
+        InferShapesPass(),  # types for the passes below
+        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        FixImageSizePass(size),
+        FoldShapeComputationsPass(),
+        RemoveUnusedNodesPass(),
+        InferShapesPass(),
+    ]
+    try:
+        ir.passes.Sequential(*passes)(irm)
+    except ir.passes.PassError as exc:  # our own errors surface as themselves
+        cause = exc.__cause__
+        while isinstance(cause, ir.passes.PassError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ModelError):
+            raise cause from None
+        raise ModelError(f"could not prepare the model for analysis: {cause or exc}") from exc
+    irm.graph.sort()
+    return irm

@@ -1,0 +1,45 @@
+"""Pass: bring opsets 7 to 12 up to 13 with ONNX's own version converter.
+
+Opset 13 changed the semantics the rules rely on (Softmax over one axis, ReduceSum axes
+as an input, Split sizes as an input...). The converter keeps the model's meaning; its
+rewrite of ``Softmax(axis=1)`` into ``Flatten -> Softmax -> Reshape`` is recognised by the
+classifier analysis, so the logit stays the differentiated score.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+
+from onnx_explain.errors import ModelError
+
+MIN_OPSET = 13  # what the analysis and the rules are written for
+MAX_OPSET = 23  # newest opset the rules have been checked against
+OLDEST_CONVERTIBLE = 7
+
+
+def opset_of(model: ir.Model | onnx.ModelProto) -> int:
+    """The default-domain opset version of ``model`` (0 when it imports none)."""
+    if isinstance(model, onnx.ModelProto):
+        return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+class UpgradeOpsetPass(ir.passes.InPlacePass):
+    """Convert opsets ``OLDEST_CONVERTIBLE..MIN_OPSET-1`` to ``MIN_OPSET``; refuse the rest."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = opset_of(model)
+        if opset > MAX_OPSET:
+            raise ModelError(f"opset {opset} is newer than {MAX_OPSET}, the newest this version handles")
+        if opset >= MIN_OPSET:
+            return ir.passes.PassResult(model, modified=False)
+        if opset < OLDEST_CONVERTIBLE:
+            raise ModelError(f"opset {opset} is older than {OLDEST_CONVERTIBLE}, the oldest that can be upgraded")
+        proto = ir.to_proto(model)
+        try:
+            converted = onnx.version_converter.convert_version(proto, MIN_OPSET)
+        except Exception as exc:  # the converter reports unconvertible ops as RuntimeError/ValueError
+            raise ModelError(f"cannot upgrade opset {opset} to {MIN_OPSET}: {str(exc).strip().splitlines()[0]}") from exc
+        model.graph = ir.from_proto(converted).graph  # the converter works on protos; swap the graph in
+        return ir.passes.PassResult(model, modified=True)
