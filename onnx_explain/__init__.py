@@ -10,6 +10,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# From a source checkout, onnx_explain.export / .models / .command.cli are the
+# repository-top export/, models/ and cli.py (installed, they are inside the package).
+from onnx_explain import _checkout
+
+_checkout.install(__path__[0])
+del _checkout
+
 _LAZY = {
     "Explainer": "onnx_explain.explainer",
     "Explanation": "onnx_explain.explainer",

@@ -9,12 +9,14 @@ extras="${1:-}"
 python3 -m venv .venv 2>/dev/null || true
 PY=.venv/bin/python
 $PY -m pip install -q --upgrade pip >/dev/null
+# Editable: the checkout's files are the installed ones, new modules included (the strict
+# mode, --config-settings editable_mode=strict, and a plain `pip install .` work too).
 if [ -n "$extras" ]; then
   # The CPU build of torch first: an unpinned torch could pull several GB of CUDA packages.
   $PY -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-  $PY -m pip install -q -e ".[$extras]" --config-settings editable_mode=strict
+  $PY -m pip install -q -e ".[$extras]"
 else
-  $PY -m pip install -q -e . --config-settings editable_mode=strict
+  $PY -m pip install -q -e .
 fi
 if [ "$extras" = "test" ]; then
   # pytorch-grad-cam is a reference in the tests only; its torchvision dependency has no
