@@ -12,12 +12,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head -1` gives
 DEFAULT_MODEL = "efficientnet_lite0"
+# Bounds on user numbers: beyond them a run only burns memory and time.
+MAX_THREADS = min(256, 4 * (os.cpu_count() or 1))
+MAX_BATCH = 1024
+MAX_SIDE = 16384  # input / resize side in pixels
+RESIZE_POLICIES = ("stretch", "center_crop", "letterbox")
 DEMO_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
 
 
@@ -129,7 +135,72 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
         raise Failure(f"expected comma-separated numbers, got {text!r}") from None
 
 
-@main.command()
+def _size_option(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        h = w = 0
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        raise Failure(f"--size must be N or HxW with sides 1..{MAX_SIDE}, e.g. 224 or 48x320; got {text!r}")
+    return h, w
+
+
+def _pad_option(text: str) -> float | tuple[float, ...]:
+    values = _floats(text)
+    if not values or len(values) not in (1, 3) or not all(0.0 <= v <= 255.0 for v in values):
+        raise Failure(f"--pad-value must be one number or three, each 0..255 (pixel units), e.g. 127 or "
+                      f"124,116,104; got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def _image_input_dims(proto) -> tuple[str, list[int | str | None], str] | None:
+    """(name, dims, layout) of the plain model's image input as the file declares it, or
+    ``None`` when there is not exactly one (the augmenter then says what is wrong)."""
+    import onnx
+    import onnx_ir as ir
+
+    from onnx_explain.augment.graph_facts import input_layout
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+    inits = {i.name for i in proto.graph.initializer}
+    found = []
+    for v in proto.graph.input:
+        t = v.type.tensor_type
+        if v.name in inits or t.elem_type not in floats or not t.HasField("shape") or len(t.shape.dim) != 4:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        found.append((v.name, dims))
+    if len(found) != 1:
+        return None
+    name, dims = found[0]
+    return name, dims, input_layout(ir.Value(name=name, shape=ir.Shape(dims)))
+
+
+def _declared_classes(proto) -> int | None:
+    """The class count the model's first output declares (N x classes), if it does."""
+    if not proto.graph.output:
+        return None
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value > 0:
+        return int(dims[1].dim_value)
+    return None
+
+
+_AUGMENT_EXAMPLES = """
+\b
+Examples:
+  # torchvision's ImageNet recipe: shorter side to 256, then the centre 224x224
+  onnx-explain augment resnet50.onnx -o explain.onnx --resize-shorter 256
+  # a text recognizer: fit in 48x320, grey padding on the right and below
+  onnx-explain augment rec.onnx -o explain.onnx --size 48x320 --resize letterbox \\
+      --pad-value 127 --pad-align topleft
+  # class names from the file's own metadata ("names"): nothing to give
+  onnx-explain augment yolov8n-cls.onnx -o explain.onnx
+"""
+
+
+@main.command(epilog=_AUGMENT_EXAMPLES)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), required=True, help="Explain model to write.")
 @click.option("--layer", help="ONNX value name of the target layer [auto: see `inspect`].")
@@ -137,67 +208,146 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
               help="Add grad_input and guided_grad_input.")
 @click.option("--gradcam/--no-gradcam", default=True, show_default=True, help="Add the in-graph Grad-CAM map.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
-              help="Class names: a JSON list or a text file with one name per line.")
-@click.option("--size", help="Input size HxW or N, if not the model's input shape.")
-@click.option("--mean", help="Per-channel mean after scaling, e.g. 0.485,0.456,0.406 [ImageNet].")
+              help="Class names, exactly one per class: a JSON list, a JSON {index: name} object, or one name "
+                   "per line. [the model's own list, if its metadata has one under labels, classes, "
+                   "class_names or names]")
+@click.option("--size", help="Input size HxW or N. Only for an input whose height and width are not fixed "
+                             "(a fixed one is read from the model).")
+@click.option("--mean", help="Per-channel mean after scaling, in the model's channel order, e.g. 0.485,0.456,0.406 "
+                             "[ImageNet].")
 @click.option("--std", help="Per-channel std, e.g. 0.229,0.224,0.225 [ImageNet].")
-@click.option("--scale", type=float, help="Pixel scale before mean/std [1/255].")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True),
+              help="Pixel scale before mean/std [1/255].")
 @click.option("--color", type=click.Choice(["RGB", "BGR"]), help="Channel order the model expects [RGB].")
-@click.option("--resize", type=click.Choice(["stretch", "center_crop", "letterbox"]), help="Resize policy [stretch].")
+@click.option("--resize", type=click.Choice(RESIZE_POLICIES),
+              help="stretch: straight to the input size; center_crop: shorter side to the input size (or to "
+                   "--resize-shorter), then the centre; letterbox: fit inside keeping the aspect ratio, pad the "
+                   "rest (--pad-value, --pad-align). [stretch]")
+@click.option("--resize-shorter", type=click.IntRange(1, MAX_SIDE), metavar="S",
+              help="center_crop: first resize the shorter side to S pixels, keeping the aspect ratio, then crop "
+                   "the centre (the ImageNet recipe: 256 for a 224 input). Implies --resize center_crop.")
+@click.option("--pad-value", metavar="V|V1,V2,V3",
+              help="Colour of the padding in pixel units 0..255 (before --scale): one value, or one per channel "
+                   "in the model's channel order (--color), e.g. 114 or 127. [0]")
+@click.option("--pad-align", type=click.Choice(["center", "topleft"]),
+              help="Where the image sits on a padded input: centred, or in the top-left corner with the padding "
+                   "on the right and below (text recognition models). [center]")
 @_fail_cleanly
 def augment(model: str, out: str, layer: str | None, input_gradients: bool, gradcam: bool, labels: str | None,
             size: str | None, mean: str | None, std: str | None, scale: float | None, color: str | None,
-            resize: str | None) -> None:
+            resize: str | None, resize_shorter: int | None, pad_value: str | None, pad_align: str | None) -> None:
     """Rewrite any ONNX image classifier into an explain model (no torch needed).
 
     Adds the `target` input and the `target_class`, `score`, `activations`,
     `grad_activations` outputs (plus `grad_input`, `guided_grad_input`, `gradcam`),
-    with the preprocessing and labels stored in the model's metadata.
+    with the preprocessing and labels stored in the model's metadata. Preprocessing
+    options not given keep what the model's metadata says, else the defaults shown.
     """
     import dataclasses
 
     from onnx_explain import contract
-    from onnx_explain.augment import augment_file
+    from onnx_explain.augment import augment_model
+    from onnx_explain.labels import read_labels_file
+    from onnx_explain.outputs import write_bytes
+    from onnx_explain.preprocess import check_preprocess
     from onnx_explain.session import load_model
 
     plain = load_model(model)
-    meta = contract.read_plain_metadata({p.key: p.value for p in plain.metadata_props})
+    props = {p.key: p.value for p in plain.metadata_props}
+    meta = contract.read_plain_metadata(props)
     pre = meta.get("preprocess")
-    if any(v is not None for v in (size, mean, std, scale, color, resize)):
-        from onnx_explain.augment.graph_facts import find_image_input, input_layout
-        from onnx_explain.ir_utils import load_for_rewriting
+    image = _image_input_dims(plain)
 
-        image = find_image_input(load_for_rewriting(plain).graph)
-        layout = input_layout(image)
-        dims = list(image.shape)
-        hw = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
-        pre = pre or contract.Preprocess(size=tuple(int(d) if isinstance(d, int) else 224 for d in hw), layout=layout)
-        changes: dict[str, Any] = {}
-        if size:
-            parts = size.lower().split("x")
-            changes["size"] = (int(parts[0]), int(parts[-1]))
-        if mean:
-            changes["mean"] = _floats(mean)
-        if std:
-            changes["std"] = _floats(std)
-        if scale is not None:
-            changes["scale"] = scale
-        if color:
-            changes["color"] = color
-        if resize:
-            changes["resize"] = resize
+    changes: dict[str, Any] = {}
+    if size:
+        changes["size"] = _size_option(size)
+        if image is not None:
+            name, dims, layout = image
+            fixed = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
+            if any(isinstance(d, int) and d > 0 and d != s for d, s in zip(fixed, changes["size"])):
+                shown = "x".join(str(d) for d in fixed)
+                shape = ", ".join(str(d) if d else "?" for d in dims)
+                raise Failure(f"{model}: --size {size} contradicts the input {name!r}, of fixed shape [{shape}] "
+                              f"(height x width {shown}); leave --size out")
+    if mean:
+        changes["mean"] = _floats(mean)
+    if std:
+        changes["std"] = _floats(std)
+    if scale is not None:
+        changes["scale"] = scale
+    if color:
+        changes["color"] = color
+    if resize_shorter is not None:
+        if resize not in (None, "center_crop"):
+            raise Failure(f"--resize-shorter applies to --resize center_crop, not {resize}")
+        resize = "center_crop"
+        changes["resize_shorter"] = resize_shorter
+    if resize:
+        changes["resize"] = resize
+        if resize != "center_crop":
+            changes["resize_shorter"] = None
+    if pad_value is not None:
+        changes["pad_value"] = _pad_option(pad_value)
+    if pad_align:
+        changes["pad_align"] = pad_align
+    if changes:
+        if pre is None:
+            layout = image[2] if image is not None else "NCHW"
+            hw = (image[1][2:4] if layout == "NCHW" else image[1][1:3]) if image is not None else (224, 224)
+            pre = contract.Preprocess(size=tuple(d if isinstance(d, int) and d > 0 else 224 for d in hw),
+                                      layout=layout)
         pre = dataclasses.replace(pre, **changes)
-    names = None
-    if labels:
-        text = Path(labels).read_text(encoding="utf-8")
+        if (pad_value is not None or pad_align) and pre.resize == "stretch":
+            raise Failure("--pad-value and --pad-align apply where the image is padded: --resize letterbox, "
+                          "or center_crop with --resize-shorter below the input size; stretch never pads")
         try:
-            names = [str(v) for v in json.loads(text)]
-        except json.JSONDecodeError:
-            names = [line.strip() for line in text.splitlines() if line.strip()]
+            check_preprocess(pre)
+        except ValueError as exc:
+            raise Failure(f"preprocessing options: {exc}") from None
+
+    # Labels: a --labels file must have one name per class; else the model's own, if any.
+    classes = _declared_classes(plain)  # None when the file does not declare it: known after augmenting
+    own = "labels" in meta  # written by our exporter: augment_model keeps them
+    names = read_labels_file(labels) if labels else None
+    found_in: str | None = None
+
+    def settle_labels(n_classes: int | None) -> None:
+        nonlocal names, found_in
+        if n_classes is None:
+            return
+        if labels and len(names or []) != n_classes:
+            raise Failure(f"{labels}: {len(names or [])} labels, but {model} has {n_classes} classes")
+        if not labels and not own and found_in is None:
+            names, found_in = _labels_in_metadata(props, n_classes)
+
+    settle_labels(classes)  # before the work, when the file says how many classes
     t0 = time.perf_counter()
-    augment_file(model, out, layer=layer, input_gradients=input_gradients, guided=input_gradients,
-                 gradcam=gradcam, preprocess=pre, labels=names)
+    explain = augment_model(plain, layer=layer, input_gradients=input_gradients, guided=input_gradients,
+                            gradcam=gradcam, preprocess=pre, labels=names)
+    if classes is None:
+        settle_labels(_declared_classes(explain))
+        if found_in is not None:  # found only now: into the explain model's metadata
+            done = contract.ExplainMetadata.from_props({p.key: p.value for p in explain.metadata_props})
+            done.labels = names
+            current = {p.key: p for p in explain.metadata_props}
+            for key, value in done.to_props().items():
+                (current.get(key) or explain.metadata_props.add(key=key)).value = value
+    if found_in is not None:
+        click.echo(f"labels: {len(names or [])} class names from the model's metadata key {found_in!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    write_bytes(out, explain.SerializeToString())
     click.echo(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+
+
+def _labels_in_metadata(props: dict[str, str], classes: int) -> tuple[list[str] | None, str | None]:
+    """Class names the plain model carries under a usual metadata key, and that key; a
+    warning for each such key passed over (wrong count)."""
+    from onnx_explain.labels import labels_from_metadata
+
+    key, names, notes = labels_from_metadata(props, classes)
+    for note in notes:
+        click.echo(f"warning: {note}", err=True)
+    return names, key
 
 
 # ----------------------------------------------------------------------------- inspect

@@ -37,8 +37,19 @@ class Preprocess:
     ``resize``:
       * ``"stretch"``: resize straight to ``size`` (aspect ratio not kept);
       * ``"center_crop"``: resize the shorter side to ``resize_shorter`` then crop the
-        centre ``size`` (the torchvision ImageNet recipe);
+        centre ``size`` (the torchvision ImageNet recipe: 256 then 224); ``None``: the
+        shorter side to the input's, i.e. the largest centred crop;
       * ``"letterbox"``: fit inside ``size`` keeping aspect ratio, pad with ``pad_value``.
+
+    Padding (letterbox, or a ``center_crop`` whose ``resize_shorter`` is smaller than
+    ``size``) is ``pad_value`` in pixel units (0..255, before ``scale``): one value, or
+    one per channel in the tensor's channel order like ``mean``/``std``.  ``pad_align``
+    places the image on the padded input: ``"center"`` (padding split evenly) or
+    ``"topleft"`` (image in the top-left corner, padding on the right and bottom, as
+    text-recognition models expect).
+
+    Every field has a default, and the JSON of older files (without ``pad_align``, with a
+    single ``pad_value``) reads back unchanged.
     """
 
     size: tuple[int, int] = (224, 224)  # (height, width)
@@ -49,13 +60,22 @@ class Preprocess:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     resize: str = "stretch"
     resize_shorter: int | None = None
-    pad_value: float = 0.0
+    pad_value: float | tuple[float, ...] = 0.0
+    pad_align: str = "center"  # or "topleft"
+
+    @property
+    def pad_values(self) -> tuple[float, ...]:
+        """``pad_value`` as a tuple (one value, or one per channel)."""
+        v = self.pad_value
+        return tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else (float(v),)
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d["size"] = list(self.size)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        pad = self.pad_values
+        d["pad_value"] = pad[0] if len(pad) == 1 else list(pad)
         return json.dumps(d)
 
     @classmethod
@@ -69,6 +89,12 @@ class Preprocess:
         for key in ("mean", "std"):
             if key in d:
                 d[key] = tuple(float(v) for v in d[key])
+        if "pad_value" in d:
+            pad = d["pad_value"]
+            if isinstance(pad, (list, tuple)):
+                d["pad_value"] = float(pad[0]) if len(pad) == 1 else tuple(float(v) for v in pad)
+            else:
+                d["pad_value"] = float(pad)
         return cls(**d)
 
 

@@ -29,11 +29,12 @@ import numpy as np
 from .contract import Preprocess
 from .images import LoadedImage
 
-__all__ = ["Geometry", "preprocess", "preprocess_batch", "resize_image"]
+__all__ = ["Geometry", "check_preprocess", "preprocess", "preprocess_batch", "resize_image"]
 
 _LAYOUTS = ("NCHW", "NHWC")
 _COLORS = ("RGB", "BGR", "GRAY")
 _POLICIES = ("stretch", "center_crop", "letterbox")
+_ALIGNMENTS = ("center", "topleft")
 _BLOCK_ROWS = 512
 
 
@@ -44,7 +45,8 @@ class Geometry:
     ``original_size`` and ``input_size`` are (height, width).  The image was resized to
     ``resized_size`` (so ``scale = resized / original`` per axis) and placed with its
     top-left corner at ``offset`` (y, x) on the input: negative where ``center_crop``
-    cut it, positive where ``letterbox`` padded it.
+    cut it, positive where padding went before it (``letterbox``, centred), 0 where the
+    image sits in the top-left corner (``pad_align="topleft"``: padding right and below).
     """
 
     original_size: tuple[int, int]
@@ -197,7 +199,9 @@ def resize_image(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if shrink_y else cv2.INTER_LINEAR)
 
 
-def _check(pre: Preprocess) -> tuple[int, int]:
+def check_preprocess(pre: Preprocess) -> tuple[int, int]:
+    """Raise ``ValueError`` naming the problem if ``pre`` is not a recipe :func:`preprocess`
+    can follow; return the input (height, width)."""
     if pre.layout not in _LAYOUTS:
         raise ValueError(f"unknown layout {pre.layout!r}; expected one of {_LAYOUTS}")
     if pre.color not in _COLORS:
@@ -215,13 +219,21 @@ def _check(pre: Preprocess) -> tuple[int, int]:
         raise ValueError("std must not contain 0")
     if pre.resize_shorter is not None and pre.resize_shorter <= 0:
         raise ValueError(f"resize_shorter must be positive, got {pre.resize_shorter}")
+    if pre.pad_align not in _ALIGNMENTS:
+        raise ValueError(f"unknown pad alignment {pre.pad_align!r}; expected one of {_ALIGNMENTS}")
+    pad = pre.pad_values
+    if len(pad) not in (1, channels):
+        raise ValueError(f"pad_value has {len(pad)} values for a {channels}-channel input")
+    if not all(math.isfinite(v) for v in pad):
+        raise ValueError(f"pad_value must be finite, got {pre.pad_value}")
     return H, W
 
 
-def _place(n: int, target: int) -> tuple[int, int]:
-    """(pad before, crop before) for one axis of a centre crop, the torchvision way."""
+def _place(n: int, target: int, align: str) -> tuple[int, int]:
+    """(pad before, crop before) for one axis: crop the centre the torchvision way; pad
+    evenly (``center``) or only after the image (``topleft``)."""
     if n < target:
-        return (target - n) // 2, 0
+        return ((target - n) // 2 if align == "center" else 0), 0
     return 0, int(round((n - target) / 2.0))
 
 
@@ -235,16 +247,19 @@ def preprocess(image: LoadedImage | np.ndarray, pre: Preprocess) -> tuple[np.nda
       ``int(resize_shorter * long / short)``, as torchvision does; when ``None``, the
       smallest scale at which ``size`` fits), pad where smaller than ``size`` then take
       the centre ``size`` (offsets ``round((n - size) / 2)``, torchvision's ``CenterCrop``);
-    * ``letterbox``: scale by ``min(H/h, W/w)``, centre, pad the rest;
+    * ``letterbox``: scale by ``min(H/h, W/w)`` (each side ``round``-ed), place, pad the rest;
 
-    then ``(pixel * scale - mean) / std`` per channel, ``mean``/``std`` given in the
-    tensor's channel order (RGB, BGR, or one value for ``"GRAY"``).  ``pad_value`` is
-    in pixel units (0..255, before ``scale``): ``114`` gives the YOLO grey.
+    where the image is smaller than ``size`` it is placed per ``pad_align``: centred
+    (``(size - n) // 2`` before it) or in the top-left corner (padding right and below).
+    Then ``(pixel * scale - mean) / std`` per channel, ``mean``/``std`` given in the
+    tensor's channel order (RGB, BGR, or one value for ``"GRAY"``).  Padding pixels are
+    ``pad_value`` in pixel units (0..255, before ``scale``; ``114`` gives the YOLO grey),
+    one value or one per channel in the same order as ``mean``.
     """
     rgb = image.rgb if isinstance(image, LoadedImage) else np.asarray(image)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 H x W x 3 image, got {rgb.dtype} {rgb.shape}")
-    H, W = _check(pre)
+    H, W = check_preprocess(pre)
     h0, w0 = rgb.shape[:2]
 
     if pre.resize == "stretch":
@@ -262,25 +277,23 @@ def preprocess(image: LoadedImage | np.ndarray, pre: Preprocess) -> tuple[np.nda
     nh, nw = max(1, nh), max(1, nw)
     resized = resize_image(rgb, (nh, nw))
 
-    if pre.resize == "letterbox":
-        oy, ox = (H - nh) // 2, (W - nw) // 2
-    else:
-        pad_y, crop_y = _place(nh, H)
-        pad_x, crop_x = _place(nw, W)
-        oy, ox = pad_y - crop_y, pad_x - crop_x
+    pad_y, crop_y = _place(nh, H, pre.pad_align)
+    pad_x, crop_x = _place(nw, W, pre.pad_align)
+    oy, ox = pad_y - crop_y, pad_x - crop_x
 
-    # Paste the visible part of the resized image onto a canvas of pad_value.
-    canvas = np.full((H, W, 3), np.float32(pre.pad_value), np.float32)
+    # The visible part of the resized image, in the tensor's channel order ...
     y0, x0 = max(oy, 0), max(ox, 0)
     y1, x1 = min(oy + nh, H), min(ox + nw, W)
-    canvas[y0:y1, x0:x1] = resized[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-
+    visible = resized[y0 - oy : y1 - oy, x0 - ox : x1 - ox].astype(np.float32)
     if pre.color == "BGR":
-        canvas = canvas[:, :, ::-1]
+        visible = visible[:, :, ::-1]
     elif pre.color == "GRAY":
         # ITU-R BT.601 luma, the weights of cv2.COLOR_RGB2GRAY, in float (no uint8 rounding).
-        canvas = canvas @ np.asarray([0.299, 0.587, 0.114], np.float32)
-        canvas = canvas[:, :, None]
+        visible = (visible @ np.asarray([0.299, 0.587, 0.114], np.float32))[:, :, None]
+    # ... pasted onto a canvas of pad_value (given in that same order).
+    canvas = np.empty((H, W, visible.shape[2]), np.float32)
+    canvas[...] = np.asarray(pre.pad_values, np.float32)
+    canvas[y0:y1, x0:x1] = visible
     mean = np.asarray(pre.mean, np.float32)
     std = np.asarray(pre.std, np.float32)
     tensor = (canvas * np.float32(pre.scale) - mean) / std
