@@ -31,6 +31,63 @@ class Failure(Exception):
     """A usage or model error: printed as one line, exit status 2."""
 
 
+def _exit_on_broken_pipe() -> NoReturn:
+    """Whoever reads our output stopped reading (`onnx-explain inspect M | head -1`): end
+    quietly, as command-line tools do, with no message and no second error when Python
+    flushes stdout on the way out."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. captured output)
+        pass
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
+class _Commands(click.Group):
+    """The command group; a closed pipe on any command (or on --help) ends it quietly."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            _exit_on_broken_pipe()
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _exit_on_broken_pipe()
+
+
+def _threads_option(fn: Callable) -> Callable:
+    return click.option(
+        "--threads", type=click.IntRange(1, MAX_THREADS),
+        help="ONNX Runtime threads, at most 4x this machine's cores [ONNX Runtime's choice: all cores].",
+    )(fn)
+
+
+def _batch_option(default: int, what: str = "Images per ONNX Runtime call.") -> Callable:
+    return click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=default, show_default=True,
+                        help=what)
+
+
+def _top_k_option(fn: Callable) -> Callable:
+    return click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+                        help="Classes to list per image, at most the model's number of classes "
+                             "(the default is cut to it).")(fn)
+
+
+def _check_top_k(top_k: int, n_classes: int | None) -> int:
+    """``--top-k`` within the model's classes: an error when asked for more, the default cut."""
+    if n_classes is None or top_k <= n_classes:
+        return top_k
+    ctx = click.get_current_context()
+    source = ctx.get_parameter_source("top_k")
+    if source in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP):
+        return n_classes
+    raise Failure(f"--top-k {top_k} is more than the model's {n_classes} classes")
+
+
 def _fail_cleanly(fn: Callable) -> Callable:
     """Turn our errors into one line on stderr and exit 2 (traceback only with --debug)."""
 
@@ -39,7 +96,7 @@ def _fail_cleanly(fn: Callable) -> Callable:
         ctx = click.get_current_context()
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, BrokenPipeError):
             raise
         except Exception as exc:  # noqa: BLE001 - the boundary to the user
             from onnx_explain.errors import ExplainError
@@ -61,7 +118,7 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, leave=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.version_option(package_name="onnx-explain")
 @click.pass_context
@@ -90,12 +147,14 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), required=True, help="Explain model to write (.onnx).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A state_dict file (.pt/.pth) to load first.")
-@click.option("--input-size", type=int, default=None, help="Square input size [model default, 224].")
+@click.option("--input-size", type=click.IntRange(8, MAX_SIDE), default=None,
+              help="Square input size in pixels [the model's default, 224].")
 @click.option("--layer", help="Target layer: a torch module path (layer4) or an ONNX value name [auto].")
 @click.option("--input-gradients/--no-input-gradients", default=True, show_default=True,
               help="Add grad_input and guided_grad_input (saliency-style methods).")
 @click.option("--gradcam/--no-gradcam", default=True, show_default=True, help="Add the in-graph Grad-CAM map.")
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--opset", type=click.IntRange(13, 21), default=18, show_default=True,
+              help="ONNX opset of the exported model.")
 @_fail_cleanly
 def export(model: str, out: str, weights: str | None, input_size: int | None, layer: str | None,
            input_gradients: bool, gradcam: bool, opset: int) -> None:
@@ -454,10 +513,10 @@ def _target_option(value: str) -> int | None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("images", nargs=-1, required=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@_top_k_option
+@_batch_option(16)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@click.option("--threads", type=int, help="ONNX Runtime threads [all cores].")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 @_fail_cleanly
 def score(model: str, images: tuple[str, ...], top_k: int, batch_size: int, device: str, threads: int | None,
@@ -475,6 +534,7 @@ def score(model: str, images: tuple[str, ...], top_k: int, batch_size: int, devi
         click.echo(f"error: {msg}", err=True)
 
     with Explainer(model, device=device, threads=threads) as ex:
+        top_k = _check_top_k(top_k, ex.session.num_classes)
         loaded, _ = _load_images(images, report)
         results = []
         with _progress(len(loaded), "scoring", not as_json and len(loaded) > batch_size) as bar:
@@ -520,7 +580,7 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
     """Explain images with each method; write overlays, maps and report.json. Returns the exit status."""
     from onnx_explain.explainer import Explainer
     from onnx_explain.outputs import write_json, write_npy, write_png
-    from onnx_explain.overlay import draw_box, overlay
+    from onnx_explain.overlay import caption, draw_box, is_flat, overlay
 
     errors: list[dict[str, str]] = []
 
@@ -535,6 +595,7 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
             # before any image work, and before --out is created: a failed run leaves nothing
             raise Failure(f"target class {target} out of range: the model has {n_classes} classes "
                           f"(0..{n_classes - 1})")
+        top_k = _check_top_k(top_k, n_classes)
         for m in methods:  # fail early, before any image work, on a method the model can't do
             ex.method(m)
         loaded, n_inputs = _load_images(images, report)
@@ -562,13 +623,19 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
                         continue
                     for im, e in zip(chunk, results):
                         stem = stems[id(im)]
+                        flat = is_flat(e.raw_map) or is_flat(e.heatmap)
+                        if flat:
+                            click.echo(f"warning: {im.path or stem}: {method} gave a flat map (one value everywhere) "
+                                       f"for class {e.target_class} ({caption(e.label)}): the overlay shows no heat",
+                                       err=True)
                         picture = overlay(im.rgb, e.heatmap, colormap=colormap, alpha=alpha)
                         if e.box is not None:
-                            picture = draw_box(picture, e.box, (255, 255, 255), label=f"{e.label} {e.probability:.2f}")
+                            picture = draw_box(picture, e.box, (255, 255, 255), label=caption(e.label, e.probability))
                         files = {"overlay": str(write_png(out_dir / f"{stem}.{method}.png", picture))}
                         if save_npy:
                             files["heatmap"] = str(write_npy(out_dir / f"{stem}.{method}.npy", e.heatmap))
                         rec = e.to_json()
+                        rec["flat_map"] = flat
                         rec["outputs"] = files
                         records.append(rec)
                     bar.update(len(chunk))
@@ -579,6 +646,7 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
             "providers": ex.session.active_providers,
             "images": len(loaded),
             "failed": len(errors),
+            "flat_maps": sum(1 for r in records if r["flat_map"]),
             "seconds": round(time.perf_counter() - t_start, 3),
             "results": records,
             "errors": errors,
@@ -588,7 +656,8 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
         click.echo(json.dumps(doc, indent=2))
     elif not quiet:
         for r in records:
-            click.echo(f"{r['file']}: {r['method']} -> {r['label']} (p={r['probability']:.3f}) box={r['box']}")
+            flat = "  (flat map)" if r["flat_map"] else ""
+            click.echo(f"{r['file']}: {r['method']} -> {r['label']} (p={r['probability']:.3f}) box={r['box']}{flat}")
         click.echo(f"wrote {len(records)} explanation(s) and {out_dir / 'report.json'}"
                    + (f"; {len(errors)} input(s) failed" if errors else ""))
     return EXIT_SOME_FAILED if errors else EXIT_OK
@@ -601,14 +670,13 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
               help="Method, or several separated by commas: " + ", ".join(_method_names()) + ".")
 @click.option("--target", default="top1", show_default=True, help="Class to explain: top1 or a class index.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="explanations", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images (or passes) per ONNX Runtime call.")
+@_batch_option(8, "Images (or passes) per ONNX Runtime call.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@click.option("--threads", type=int, help="ONNX Runtime threads [all cores].")
+@_threads_option
 @click.option("--colormap", default="jet", show_default=True, help="OpenCV colour map (jet, turbo, inferno, viridis, ...).")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Heatmap opacity.")
 @click.option("--npy/--no-npy", default=True, show_default=True, help="Also save each heatmap as .npy.")
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@_top_k_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_fail_cleanly
 def explain(model: str, images: tuple[str, ...], method: str, target: str, out_dir: str, batch_size: int,
@@ -683,15 +751,14 @@ def demo(out_dir: str, method: str) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.15, show_default=True,
               help="Box from heatmap: keep pixels >= this fraction of the maximum, largest region.")
-@click.option("--steps", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--steps", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Deletion/insertion steps (each costs 2 forward passes per image and method).")
 @click.option("--target", default="top1", show_default=True,
               help="Class to explain: top1, a class index, or 'annotated' (box labels as class indices "
                    "or model labels).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Images per ONNX Runtime call.")
+@_batch_option(16)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@click.option("--threads", type=int, help="ONNX Runtime threads [all cores].")
+@_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of the table.")
 @_fail_cleanly
 def evaluate(model: str, images_dir: str, boxes: str, method: str, out_dir: str, threshold: float, steps: int,
@@ -713,7 +780,8 @@ def evaluate(model: str, images_dir: str, boxes: str, method: str, out_dir: str,
 
 @main.command("make-evalset")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("-n", "--images", "n_images", type=click.IntRange(min=1), default=24, show_default=True)
+@click.option("-n", "--images", "n_images", type=click.IntRange(1, 10000), default=24, show_default=True,
+              help="Images to make.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--split", type=click.Choice(["a", "b"]), default="a", show_default=True,
               help="a: the project's set; b: other objects and backgrounds (a held-out set).")

@@ -12,13 +12,45 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["COLORMAPS", "colorize", "draw_box", "overlay"]
+__all__ = ["COLORMAPS", "caption", "colorize", "draw_box", "is_flat", "overlay"]
 
 # Every colormap this OpenCV build has, by lower-case name: "jet", "turbo", "inferno",
 # "viridis", "magma", "hot", "plasma", "parula", ...
 COLORMAPS: dict[str, int] = {
     name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
 }
+
+
+def _ascii(text: str) -> str:
+    """``text`` in printable ASCII, the only characters OpenCV's Hershey fonts draw: any
+    other character is written as its Python escape (``é`` -> ``\\xe9``, a newline ->
+    ``\\n``), so a label can neither turn into question marks nor break the line."""
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def caption(label: str, probability: float | None = None, max_chars: int = 48) -> str:
+    """The text written above an explanation's box: ``"tabby cat  p=0.92"``.
+
+    Two spaces and ``p=`` keep the probability apart from the label (a label "180" and
+    0.92 would otherwise read "180 0.92"); a label that is only a class index reads
+    ``"class 180"``.  The label is escaped to printable ASCII (see :func:`_ascii`) and cut
+    to ``max_chars`` characters with ``"..."``.
+    """
+    text = _ascii(label).strip()
+    if text.isdigit():
+        text = f"class {text}"
+    if len(text) > max_chars:
+        text = text[: max(1, max_chars - 3)].rstrip() + "..."
+    if probability is None:
+        return text
+    return f"{text}  p={float(probability):.2f}"
+
+
+def is_flat(map_: np.ndarray) -> bool:
+    """True when a map has one value everywhere (non-finite values counting as 0), as an
+    all-zero gradient gives: normalised, it is all zero and its overlay shows nothing."""
+    m = np.nan_to_num(np.asarray(map_, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return m.size == 0 or bool(m.max() <= m.min())
 
 
 def _colormap_id(colormap: str) -> int:
@@ -84,7 +116,8 @@ def draw_box(
     Coordinates are continuous pixel coordinates (a box ``(0, 0, W, H)`` frames the whole
     image); the rectangle is drawn on the pixels just inside them.  ``thickness`` defaults
     to ~0.3 % of the image diagonal (at least 1).  ``label`` is written on a filled band
-    above the box (inside it when the box touches the top edge).  The input is not changed.
+    above the box (inside it when the box touches the top edge), in printable ASCII (other
+    characters as escapes; see :func:`caption`).  The input is not changed.
     """
     img = np.ascontiguousarray(np.array(image, dtype=np.uint8, copy=True))
     if img.ndim != 3 or img.shape[2] != 3:
@@ -115,7 +148,8 @@ def draw_box(
         font = cv2.FONT_HERSHEY_SIMPLEX
         font_scale = max(0.35, min(H, W) / 700.0)
         text_t = max(1, t // 2)
-        (tw, th), baseline = cv2.getTextSize(str(label), font, font_scale, text_t)
+        label = _ascii(label)
+        (tw, th), baseline = cv2.getTextSize(label, font, font_scale, text_t)
         band_h = th + baseline + 2
         top = py0 - band_h if py0 - band_h >= 0 else py0
         left = min(px0, max(0, W - tw - 2))
@@ -123,5 +157,5 @@ def draw_box(
         # Text in black or white, whichever stands out on the band colour.
         luma = 0.299 * col[0] + 0.587 * col[1] + 0.114 * col[2]
         text_col = (0, 0, 0) if luma > 140 else (255, 255, 255)
-        cv2.putText(img, str(label), (left + 1, top + th + 1), font, font_scale, text_col, text_t, cv2.LINE_AA)
+        cv2.putText(img, label, (left + 1, top + th + 1), font, font_scale, text_col, text_t, cv2.LINE_AA)
     return img
