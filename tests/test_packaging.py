@@ -48,9 +48,11 @@ def _deps_path() -> list[str]:
 
 def _probe(sys_path: list[str], cwd: Path, addsitedir: str | None = None) -> dict:
     """Run PROBE with -S (no site-packages, no .pth) and exactly ``sys_path`` (+ the deps)."""
-    setup = f"import sys; sys.path[:0] = {sys_path!r}; sys.path += {_deps_path()!r}\n"
-    if addsitedir:  # an editable install: its .pth file must run, as site-packages would run it
+    setup = f"import sys; sys.path[:0] = {sys_path!r}\n"
+    if addsitedir:  # an editable install: its .pth file runs (before the deps are on the path, so
+        # that it imports its own finder module, not the one of this environment's install)
         setup += f"import site; site.addsitedir({addsitedir!r})\n"
+    setup += f"sys.path += {_deps_path()!r}\n"
     r = subprocess.run([sys.executable, "-S", "-c", setup + PROBE, ENTRY], cwd=cwd, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
