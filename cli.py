@@ -439,15 +439,21 @@ def inspect(model: str, as_json: bool) -> None:
         info["labels"] = len(meta.labels) if meta.labels else 0
         info["cam_head"] = meta.cam
     else:
-        clf, candidates, chosen = inspect_layers(proto)
+        clf, layers, chosen = inspect_layers(proto)
         info["classes"] = clf.num_classes
         info["ends_in_softmax"] = clf.ends_in_softmax
         info["layout"] = clf.layout
-        info["default_layer"] = chosen.value.name
+        info["input_size"] = list(clf.spatial_size)
+        info["default_layer"] = chosen.value.name if chosen is not None else None
         info["candidate_layers"] = [
             {"name": c.value.name, "op": c.op_type, "channels": c.channels, "height": c.height, "width": c.width,
-             "bypassed": not c.dominates}
-            for c in candidates
+             "layout": c.layout, "bypassed": not c.dominates}
+            for c in layers if c.usable
+        ]
+        info["not_usable"] = [
+            {"name": c.value.name, "op": c.op_type, "channels": c.channels, "height": c.height, "width": c.width,
+             "layout": c.layout, "reason": c.reason}
+            for c in layers if not c.usable
         ]
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -462,12 +468,22 @@ def inspect(model: str, as_json: bool) -> None:
         click.echo(f"  preprocess: {info['preprocess']}")
         click.echo(f"  CAM head: {info['cam_head'] or 'none (use gradcam)'}")
     else:
-        click.echo(f"  classes: {info['classes']}, layout {info['layout']}, ends in softmax: {info['ends_in_softmax']}")
-        click.echo("  candidate target layers (last = default unless bypassed):")
+        h, w = info["input_size"]
+        click.echo(f"  classes: {info['classes']}, layout {info['layout']} {h}x{w}, "
+                   f"ends in softmax: {info['ends_in_softmax']}")
+        click.echo("  candidate target layers (* = default: the last one every path goes through):")
         for c in info["candidate_layers"][-12:]:
             mark = "*" if c["name"] == info["default_layer"] else " "
             note = "  (bypassed by a skip path)" if c["bypassed"] else ""
+            if c["height"] <= 2 and c["width"] <= 2:
+                note += "  (small map: coarse heatmap)"
             click.echo(f"   {mark} {c['name']:<40} {c['op']:<18} {c['channels']}x{c['height']}x{c['width']}{note}")
+        if info["not_usable"]:
+            click.echo("  not usable as target layers:")
+            for c in info["not_usable"][-6:]:
+                click.echo(f"     {c['name']:<40} {c['op']:<18} {c['reason']}")
+        if info["default_layer"] is None:
+            click.echo("  no default target layer: name one with --layer")
         click.echo(f"  run: onnx-explain augment {model} -o explain.onnx [--layer NAME]")
 
 

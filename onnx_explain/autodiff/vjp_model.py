@@ -16,7 +16,7 @@ def add_vjp(model: onnx.ModelProto, outputs: Sequence[str], wrt: Sequence[str], 
 
     ``grad_<wrt> = d sum_i(grad_<out_i> * out_i) / d wrt``: the vector-Jacobian product.
     """
-    irm = load_for_rewriting(model)
+    irm = load_for_rewriting(model, image=False)
     graph = irm.graph
     values = {v.name: v for v in _all_values(graph)}
     seeds = {}

@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 
-def normalize_model(model: onnx.ModelProto | ir.Model, size: tuple[int, int] | None = None) -> ir.Model:
+def normalize_model(model: onnx.ModelProto | ir.Model, size: tuple[int, int] | None = None, *,
+                    image: bool = True) -> ir.Model:
     """The model as the analysis expects it: opset >= 13, weights as initializers, a static
     image height/width, integer shape computations folded, shapes inferred, nodes sorted.
 
@@ -52,7 +53,7 @@ def normalize_model(model: onnx.ModelProto | ir.Model, size: tuple[int, int] | N
         UpgradeOpsetPass(),
         InferShapesPass(),  # types for the passes below
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        FixImageSizePass(size),
+        *([FixImageSizePass(size)] if image else []),
         FoldShapeComputationsPass(),
         RemoveUnusedNodesPass(),
         InferShapesPass(),
