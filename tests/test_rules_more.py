@@ -39,7 +39,8 @@ from test_rules import (  # noqa: F401  (rng is a fixture)
 )
 
 from onnx_explain.autodiff import add_vjp
-from onnx_explain.errors import ModelError, UnsupportedOperatorError
+from onnx_explain.errors import UnsupportedOperatorError
+from onnx_explain.normalize.upgrade_opset import upgrade_opset
 
 SMALL = 60  # elements per differentiated input: the reference evaluator is rebuilt per evaluation
 
@@ -608,18 +609,14 @@ def test_weights_in_constant_nodes(rng):
     check_ort_float32(make, {"x": x}, ["x"], rng=rng)
 
 
-_CONVERTER_CHANGES_LINEAR_UPSAMPLE = pytest.mark.xfail(
-    strict=True, reason="onnx's version converter turns a linear Upsample (asymmetric coordinates, "
-    "as ONNX Runtime runs it) into a Resize with the default half_pixel coordinates: another function")
-
-
-@pytest.mark.parametrize("mode", ["nearest", pytest.param("linear", marks=_CONVERTER_CHANGES_LINEAR_UPSAMPLE)])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
 @pytest.mark.parametrize("opset", [7, 9])
 def test_upsample_from_an_old_opset(rng, opset, mode):
     """Upsample exists up to opset 9 only (scales an attribute before 9, an input from 9);
     ONNX Runtime runs it in float32 only, the reference evaluator hardly at all.  After ONNX's
-    version converter (Upsample -> Resize, what the loader asks for or does itself) the file
-    must mean the same, and its gradient is exact."""
+    version converter (Upsample -> Resize) the file must mean the same -- onnx's converter alone
+    gives a linear Resize half_pixel coordinates, another function; the loader's upgrade keeps
+    Upsample's asymmetric ones -- and its gradient is exact."""
     n, c, h, w = (int(d) for d in rng.integers(1, 4, size=4))
     x = rng.standard_normal((n, c, h, w))
     scales = [1.0, 1.0] + [float(f) for f in rng.integers(1, 4, size=2)]
@@ -637,7 +634,7 @@ def test_upsample_from_an_old_opset(rng, opset, mode):
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
     def converted(dtype):
-        return onnx.version_converter.convert_version(old(dtype), 13)
+        return upgrade_opset(old(dtype), 13)
 
     assert "Upsample" not in {node.op_type for node in converted(DOUBLE).graph.node}
     x32 = x.astype(np.float32)
@@ -646,12 +643,8 @@ def test_upsample_from_an_old_opset(rng, opset, mode):
     check_ort_float32(converted, {"x": x}, ["x"], rng=rng)
     dy = rng.standard_normal((n, c, int(h * scales[2]), int(w * scales[3])))
     expected = vjp_values(converted(DOUBLE), {"x": x}, ["x"], {"y": dy})["x"]
-    try:  # the loader refuses an old opset, or converts it itself
-        got = vjp_values(old(DOUBLE), {"x": x}, ["x"], {"y": dy})["x"]
-    except ModelError as exc:
-        assert f"opset {opset}" in str(exc)
-    else:
-        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    got = vjp_values(old(DOUBLE), {"x": x}, ["x"], {"y": dy})["x"]  # the loader upgrades it itself
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------

@@ -36,10 +36,35 @@ class UpgradeOpsetPass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         if opset < OLDEST_CONVERTIBLE:
             raise ModelError(f"opset {opset} is older than {OLDEST_CONVERTIBLE}, the oldest that can be upgraded")
-        proto = ir.to_proto(model)
-        try:
-            converted = onnx.version_converter.convert_version(proto, MIN_OPSET)
-        except Exception as exc:  # the converter reports unconvertible ops as RuntimeError/ValueError
-            raise ModelError(f"cannot upgrade opset {opset} to {MIN_OPSET}: {str(exc).strip().splitlines()[0]}") from exc
-        model.graph = ir.from_proto(converted).graph  # the converter works on protos; swap the graph in
+        model.graph = ir.from_proto(upgrade_opset(ir.to_proto(model))).graph  # the converter works on protos
         return ir.passes.PassResult(model, modified=True)
+
+
+def upgrade_opset(proto: onnx.ModelProto, target: int = MIN_OPSET) -> onnx.ModelProto:
+    """``proto`` converted to opset ``target`` by ONNX's converter, Upsample's sampling kept."""
+    opset = opset_of(proto)
+    upsampled = {n.output[0] for n in proto.graph.node if n.op_type == "Upsample" and n.domain in ("", "ai.onnx")}
+    try:
+        converted = onnx.version_converter.convert_version(proto, target)
+    except Exception as exc:  # the converter reports unconvertible ops as RuntimeError/ValueError
+        raise ModelError(f"cannot upgrade opset {opset} to {target}: {str(exc).strip().splitlines()[0]}") from exc
+    _keep_upsample_coordinates(converted, upsampled)
+    return converted
+
+def _keep_upsample_coordinates(model: onnx.ModelProto, upsampled: set[str]) -> None:
+    """Give the Resize nodes the converter made of Upsample nodes Upsample's own sampling.
+
+    Upsample samples input ``floor(i / scale)`` (nearest) or ``i / scale`` (linear): asymmetric
+    coordinates. The converter leaves Resize's defaults (``half_pixel``, nearest rounding),
+    another function for linear modes and for non-integer scales.
+    """
+    for node in model.graph.node:
+        if node.op_type != "Resize" or node.output[0] not in upsampled:
+            continue
+        kept = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        node.attribute.append(onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+        mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "nearest")
+        if mode == "nearest":
+            node.attribute.append(onnx.helper.make_attribute("nearest_mode", "floor"))

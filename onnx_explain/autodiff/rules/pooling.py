@@ -15,13 +15,20 @@ from onnx_explain.autodiff.rules._windows import window_of
 
 
 def _indices_output(ctx: RuleContext) -> ir.Value:
-    """MaxPool's arg-max output, added to the forward node when the model did not ask for it."""
+    """MaxPool's arg-max: the model's own Indices output if it has one, else that of a twin
+    MaxPool in the gradient graph.
+
+    The forward node is left alone: an Indices output keeps ONNX Runtime from running it in
+    its NCHWc layout, which also unfuses the residual Adds downstream and changes the
+    model's own outputs in the last bits. The twin costs one pooling pass.
+    """
     node = ctx.node
-    if len(node.outputs) < 2:
-        node.resize_outputs(2)
-        node.outputs[1].name = f"{node.name or ctx.y.name}/argmax"
-        node.outputs[1].type = ir.TensorType(ir.DataType.INT64)
-    return node.outputs[1]
+    if len(node.outputs) >= 2 and node.outputs[1].uses():
+        return node.outputs[1]
+    attrs = {name: attr.value for name, attr in node.attributes.items()}
+    _, indices = ctx.em.op_multi("MaxPool", [ctx.x], 2, name_hint="argmax", **attrs)
+    indices.type = ir.TensorType(ir.DataType.INT64)
+    return indices
 
 
 @register("MaxPool")
