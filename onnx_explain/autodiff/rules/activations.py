@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from onnx_explain.autodiff.context import RuleContext
 from onnx_explain.autodiff.registry import register
 
@@ -68,22 +70,56 @@ def sigmoid(ctx: RuleContext):
     return [ctx.op("Mul", ctx.dy[0], ctx.op("Mul", y, ctx.op("Sub", ctx.scalar(1.0), y)))]
 
 
+# A step as one ``HardSigmoid``: clip(K * (b - v), 0, 1) is exactly 1 where v < b and 0
+# where v >= b.  K = 2^60 and b a float32 value: K * b is exact in the float attribute, and
+# below the bound K * (b - v) is at least K * (spacing of the floats at b) >= 1, in float32
+# and in float64, for b >= 2^-7; a product that overflows to -inf is clipped to 0.  One
+# pass writing floats, where a comparison + ``Cast`` is two (the ``Cast`` from bool is the
+# slower one) and ``Where`` is 10-20 x slower than either on ONNX Runtime's CPU provider
+# (``benchmarks/bench_hard_activations.py``).
+_STEP_GAIN = 2.0 ** 60
+_STEP_MIN_BOUND = 2.0 ** -7
+
+
+def _below(ctx: RuleContext, v, bound: float):
+    """1.0 where ``v < bound``, else 0.0 (``bound``: a float32 value >= 2^-7)."""
+    return ctx.op("HardSigmoid", v, alpha=-_STEP_GAIN, beta=bound * _STEP_GAIN)
+
+
 @register("HardSigmoid")
 def hard_sigmoid(ctx: RuleContext):
-    alpha, beta = ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5)
-    v = ctx.op("Add", ctx.op("Mul", ctx.x, ctx.scalar(alpha)), ctx.scalar(beta))
-    inside = ctx.op("And", ctx.op("Greater", v, ctx.scalar(0.0)), ctx.op("Less", v, ctx.scalar(1.0)))
-    return [_masked(ctx, inside, ctx.op("Mul", ctx.dy[0], ctx.scalar(alpha)))]
+    # y = clip(alpha * x + beta, 0, 1).  torch's hardsigmoid backward: 1/6 strictly inside
+    # (-3, 3), else 0, decided on the input (the output already rounds to 1 at the float
+    # just below 3).  Reading the input costs no Conv+HardSigmoid fusion where it would
+    # matter: MobileNetV3's gates are N x C x 1 x 1, and x * HardSigmoid(x) reads x anyway.
+    alpha, beta = float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))
+    x, dy = ctx.x, ctx.dy[0]
+    if alpha == 0.0:
+        return [ctx.op("Mul", dy, ctx.scalar(0.0))]
+    half = float(np.float32(0.5 / abs(alpha)))
+    if beta == 0.5 and half >= _STEP_MIN_BOUND:  # symmetric about 0: |x| < half, two passes
+        inside = _below(ctx, ctx.op("Abs", x), half)
+    else:
+        lo, hi = sorted(((0.0 - beta) / alpha, (1.0 - beta) / alpha))
+        both = ctx.op("And", ctx.op("Greater", x, ctx.scalar(lo)), ctx.op("Less", x, ctx.scalar(hi)))
+        inside = ctx.op("Cast", both, to=x.dtype or ctx.em.float_dtype)
+    return [ctx.op("Mul", ctx.op("Mul", dy, inside), ctx.scalar(alpha))]
 
 
 @register("HardSwish")
 def hard_swish(ctx: RuleContext):
-    # y = x * clip(x/6 + 1/2, 0, 1); torch's backward: 0 below -3, x/3 + 1/2 up to 3, then 1.
+    # y = x * hardsigmoid(x), hardsigmoid(x) = clip(x/6 + 1/2, 0, 1).  torch's backward: 0 up
+    # to -3, x/3 + 1/2 strictly between, 1 from 3 on -- the product rule with the
+    # hard-sigmoid's slope 1/6 strictly inside (-3, 3):
+    #     dx = dy * (hardsigmoid(x) + x/6 * [|x| < 3]).
+    # Six elementwise passes, all of which the CPU runtime keeps in ONNX Runtime's NCHWc
+    # layout, besides the hard-sigmoid, which is the one ONNX Runtime computes for the
+    # forward HardSwish (the same node: ``nchwc_masks`` merges them).  ``Where`` forms of the
+    # same function cost 2-3 x as much (``benchmarks/bench_hard_activations.py``).
     x = ctx.x
-    mid = ctx.op("Add", ctx.op("Div", x, ctx.scalar(3.0)), ctx.scalar(0.5))
-    local = ctx.op("Where", ctx.op("LessOrEqual", x, ctx.scalar(3.0)), mid, ctx.scalar(1.0))
-    local = ctx.op("Where", ctx.op("Less", x, ctx.scalar(-3.0)), ctx.scalar(0.0), local)
-    return [ctx.op("Mul", ctx.dy[0], local)]
+    hs = ctx.op("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5)
+    slope = ctx.op("Mul", ctx.op("Mul", x, ctx.scalar(1.0 / 6.0)), _below(ctx, ctx.op("Abs", x), 3.0))
+    return [ctx.op("Mul", ctx.dy[0], ctx.op("Add", hs, slope))]
 
 
 @register("Tanh")
