@@ -7,14 +7,18 @@ activation and of the gradient.  This script times, side by side in one run on O
 CPU, the plain forward, the explain model's input-gradient run, and the same run with every
 mask multiplication removed (a wrong gradient, built only to measure what the masks and
 their reorders cost), and the run as ``ExplainSession`` does it on CPU, with the masks kept
-in the NCHWc layout (``onnx_explain.nchwc_masks``).
+in the NCHWc layout (``onnx_explain.nchwc_masks``).  For models with HardSwish /
+HardSigmoid (MobileNetV3), also that run with their backward reduced to dy and dy * alpha
+(a wrong gradient again; the forward keeps ONNX Runtime's Conv+HardSwish fusion, since
+nothing reads the convolution's output any more): what any exact form of theirs can save.
 
-    python benchmarks/bench_mask_cost.py [--models resnet50,efficientnet_lite0] [--batches 1,8]
+    python benchmarks/bench_mask_cost.py [--models resnet50,efficientnet_lite0,mobilenet_v3_small] [--batches 1,8]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -25,7 +29,9 @@ import onnx
 import onnxruntime as ort
 
 from onnx_explain import contract
-from onnx_explain.export import export_model, export_plain
+from onnx_explain.augment import augment_model
+from onnx_explain.autodiff.registry import RULES
+from onnx_explain.export import export_plain
 from onnx_explain.nchwc_masks import blocked_mask_session
 from onnx_explain.pruning import prune
 
@@ -53,6 +59,20 @@ def without_masks(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+@contextlib.contextmanager
+def hard_masks_removed():
+    """While active, HardSwish's backward is dy and HardSigmoid's dy * alpha (no masks)."""
+    import onnx_explain.autodiff.rules  # noqa: F401  (registers the rules first)
+
+    saved = {op: RULES[op] for op in ("HardSwish", "HardSigmoid")}
+    RULES["HardSwish"] = lambda ctx: [ctx.dy[0]]
+    RULES["HardSigmoid"] = lambda ctx: [ctx.op("Mul", ctx.dy[0], ctx.scalar(float(ctx.attr("alpha", 0.2))))]
+    try:
+        yield
+    finally:
+        RULES.update(saved)
+
+
 def _options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -71,7 +91,7 @@ def _blocked_session(model: onnx.ModelProto, threads: int, scratch: str) -> ort.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet50,efficientnet_lite0")
+    parser.add_argument("--models", default="resnet50,efficientnet_lite0,mobilenet_v3_small")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
@@ -80,8 +100,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             plain_path = Path(tmp) / f"{name}.onnx"
-            export_plain(name, plain_path, input_size=224)
-            explain = export_model(name, None, input_size=224).model
+            plain = export_plain(name, plain_path, input_size=224).model
+            explain = augment_model(plain, input_gradients=True)
             inputs = ["input", contract.TARGET]
             pruned = prune(explain, inputs, OUTPUTS)
             sessions = {  # pruned after the masks go, so that what computed them goes too
@@ -90,6 +110,10 @@ def main() -> None:
                 "... masks in NCHWc": (_blocked_session(pruned, args.threads, tmp), True),
                 "... without masks": (_session(prune(without_masks(explain), inputs, OUTPUTS), args.threads), True),
             }
+            if any(n.op_type in ("HardSwish", "HardSigmoid") for n in plain.graph.node):
+                with hard_masks_removed():
+                    unmasked = prune(augment_model(plain, input_gradients=True), inputs, OUTPUTS)
+                sessions["... in NCHWc, no HardSwish masks"] = (_blocked_session(unmasked, args.threads, tmp), True)
             for batch in [int(b) for b in args.batches.split(",")]:
                 x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
                 feeds = {"input": x, contract.TARGET: np.full(batch, -1, dtype=np.int64)}
