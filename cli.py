@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -305,7 +306,7 @@ def augment(model: str, out: str, layer: str | None, input_gradients: bool, grad
     import dataclasses
 
     from onnx_explain import contract
-    from onnx_explain.augment import augment_model
+    from onnx_explain.augment import SmallTargetLayerWarning, augment_model
     from onnx_explain.labels import read_labels_file
     from onnx_explain.outputs import write_bytes
     from onnx_explain.preprocess import check_preprocess
@@ -353,8 +354,12 @@ def augment(model: str, out: str, layer: str | None, input_gradients: bool, grad
         if pre is None:
             layout = image[2] if image is not None else "NCHW"
             hw = (image[1][2:4] if layout == "NCHW" else image[1][1:3]) if image is not None else (224, 224)
-            pre = contract.Preprocess(size=tuple(d if isinstance(d, int) and d > 0 else 224 for d in hw),
-                                      layout=layout)
+            hw = changes.get("size") or hw
+            if not all(isinstance(d, int) and d > 0 for d in hw):
+                raise Failure(f"{model}: the image input {image[0]!r} has a dynamic height/width "
+                              f"[{', '.join(str(d) if d else '?' for d in image[1])}]: give the size the model "
+                              "expects with --size HxW")
+            pre = contract.Preprocess(size=tuple(hw), layout=layout)
         pre = dataclasses.replace(pre, **changes)
         if (pad_value is not None or pad_align) and pre.resize == "stretch":
             raise Failure("--pad-value and --pad-align apply where the image is padded: --resize letterbox, "
@@ -381,8 +386,13 @@ def augment(model: str, out: str, layer: str | None, input_gradients: bool, grad
 
     settle_labels(classes)  # before the work, when the file says how many classes
     t0 = time.perf_counter()
-    explain = augment_model(plain, layer=layer, input_gradients=input_gradients, guided=input_gradients,
-                            gradcam=gradcam, preprocess=pre, labels=names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SmallTargetLayerWarning)
+        explain = augment_model(plain, layer=layer, input_gradients=input_gradients, guided=input_gradients,
+                                gradcam=gradcam, preprocess=pre, labels=names)
+    for w in caught:
+        if issubclass(w.category, SmallTargetLayerWarning):
+            click.echo(f"warning: {model}: {w.message}", err=True)
     if classes is None:
         settle_labels(_declared_classes(explain))
         if found_in is not None:  # found only now: into the explain model's metadata
@@ -415,8 +425,9 @@ def _labels_in_metadata(props: dict[str, str], classes: int) -> tuple[list[str] 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--size", help="Input size HxW or N for a model whose height/width is dynamic (as augment --size).")
 @_fail_cleanly
-def inspect(model: str, as_json: bool) -> None:
+def inspect(model: str, as_json: bool, size: str | None) -> None:
     """Show a model's contract, inputs/outputs and candidate target layers."""
     from onnx_explain import contract
     from onnx_explain.augment import inspect_layers
@@ -439,7 +450,7 @@ def inspect(model: str, as_json: bool) -> None:
         info["labels"] = len(meta.labels) if meta.labels else 0
         info["cam_head"] = meta.cam
     else:
-        clf, layers, chosen = inspect_layers(proto)
+        clf, layers, chosen = inspect_layers(proto, size=_size_option(size) if size else None)
         info["classes"] = clf.num_classes
         info["ends_in_softmax"] = clf.ends_in_softmax
         info["layout"] = clf.layout
