@@ -4,9 +4,13 @@ Why this module exists rather than a bare ``cv2.imread``:
 
 * ``cv2.imread`` returns ``None`` with no reason; a CLI explaining a folder of images
   must say *which* file is bad and *why*, then carry on with the others.
-* The header is read by hand (PNG, JPEG, BMP, TIFF, WebP) *before* decoding, so a file
-  declaring 30000x30000 pixels is refused without allocating gigabytes, and a truncated
-  file is caught by its missing end marker instead of decoding to a half-grey picture.
+* The header is read by Pillow (lazily: nothing past the header is parsed, and its
+  decompression-bomb guard runs) *before* decoding, so a file declaring 30000x30000 pixels
+  is refused without allocating gigabytes, and a truncated file is caught by its missing
+  end marker instead of decoding to a half-grey picture.  Anything a hostile header makes
+  Pillow raise becomes an :class:`ImageError` naming the file.
+* The decoders' own complaints (libjpeg's "Corrupt JPEG data", libpng's warnings) never
+  reach the terminal: the file is refused with one line of ours, or decoded silently.
 * Decoding uses ``IMREAD_UNCHANGED`` so alpha and 16-bit samples survive to be handled
   properly (alpha composited, 16 bits *scaled* to 8 rather than clipped); that flag makes
   OpenCV skip EXIF orientation for JPEG/PNG/WebP, so the orientation tag is read here and
@@ -20,12 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
+import io
 import os
-import struct
+import re
+import sys
 import threading
-import zlib
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,6 +47,7 @@ __all__ = [
     "ImageError",
     "ImagePaths",
     "LoadedImage",
+    "display_path",
     "iter_image_paths",
     "load_image",
 ]
@@ -71,7 +79,7 @@ class ImageError(Exception):
     def __init__(self, path: str | os.PathLike | None, problem: str):
         self.path = Path(path) if path is not None else None
         self.problem = " ".join(str(problem).split())  # always one line
-        super().__init__(f"{self.path if self.path is not None else '<array>'}: {self.problem}")
+        super().__init__(f"{display_path(self.path) if self.path is not None else '<array>'}: {self.problem}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -118,6 +126,16 @@ class LoadedImage:
         return cls(np.ascontiguousarray(arr), Path(path) if path is not None else None)
 
 
+def display_path(path: str | os.PathLike | bytes) -> str:
+    """``path`` as text any UTF-8 writer accepts: bytes of a file name that are not UTF-8
+    (which Python keeps as lone surrogates) are shown as ``\\xNN``; valid names unchanged."""
+    s = os.fsdecode(os.fspath(path))
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -146,28 +164,34 @@ def load_image(
         raise ValueError(f"background must be an (R, G, B) triple in 0..255, got {background!r}")
     data = _read_file(p, max_file_bytes)
     fmt = _sniff(p, data)
-    info = _PARSERS[fmt](p, data)
+    info = _read_header(p, data, fmt, max_pixels)
     height, width = info.height, info.width
     if height <= 0 or width <= 0:
         raise ImageError(p, f"corrupt {fmt} header: size {width}x{height}")
-    if width * height > max_pixels:
-        raise ImageError(
-            p,
-            f"image too large: {width}x{height} = {width * height / 1e6:.1f} megapixels "
-            f"(limit {max_pixels / 1e6:g})",
-        )
+    _check_pixels(p, width, height, max_pixels)
     if min(width, height) < min_side:
         raise ImageError(p, f"image too small: {width}x{height} (minimum {min_side}x{min_side})")
+    if not info.truncated and info.check is not None:
+        info.truncated = info.check()
     if info.truncated:
         raise ImageError(p, f"truncated {fmt} file: {info.truncated}")
 
-    arr = _decode(p, data, fmt)
-    if arr.shape[0] * arr.shape[1] != width * height:
-        raise ImageError(p, f"decoded size {arr.shape[1]}x{arr.shape[0]} does not match the header's {width}x{height}")
-    bit_depth = info.bits if info.bits else 8 * arr.dtype.itemsize
-    rgb, had_alpha = _to_rgb8(p, arr, info, background)
-    orientation = info.orientation if fmt in ("JPEG", "PNG", "WebP") else 1
-    rgb = _apply_orientation(rgb, orientation)
+    try:
+        arr = _decode(p, data, fmt)
+        del data
+        if arr.shape[0] * arr.shape[1] != width * height:
+            raise ImageError(p, f"decoded size {arr.shape[1]}x{arr.shape[0]} does not match the header's {width}x{height}")
+        bit_depth = info.bits if info.bits else 8 * arr.dtype.itemsize
+        rgb, had_alpha = _to_rgb8(p, arr, info, background)
+        del arr
+        orientation = info.orientation if fmt in ("JPEG", "PNG", "WebP") else 1
+        rgb = _apply_orientation(rgb, orientation)
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(p, f"not enough memory to decode this {width}x{height} {fmt} image") from None
+    except Exception as e:  # noqa: BLE001 - whatever a hostile file makes a decoder raise
+        raise ImageError(p, f"cannot decode {fmt} data ({type(e).__name__}: {_reason(e)})") from None
     if fmt == "TIFF":
         orientation = info.orientation  # applied by OpenCV's TIFF decoder
     return LoadedImage(
@@ -175,9 +199,20 @@ def load_image(
     )
 
 
+def _check_pixels(p: Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(
+            p,
+            f"image too large: {width}x{height} = {width * height / 1e6:.1f} megapixels "
+            f"(limit {max_pixels / 1e6:g}; raise it with --max-pixels)",
+        )
+
+
 def _read_file(p: Path, max_file_bytes: int) -> bytes:
     try:
         st = p.stat()
+    except ValueError:  # e.g. a NUL byte in the name
+        raise ImageError(p, "not a usable file name") from None
     except FileNotFoundError:
         raise ImageError(p, "no such file") from None
     except OSError as e:
@@ -249,24 +284,27 @@ def _decode(p: Path, data: bytes, fmt: str) -> np.ndarray:
 _quiet_lock = threading.Lock()
 _quiet_depth = 0
 _quiet_saved_level = None
+_quiet_saved_stderr: int | None = None
 
 
 @contextlib.contextmanager
 def _quiet_opencv():
-    """Silence OpenCV's own log lines while decoding: we raise our own one-line error.
+    """Silence the decoders while they run: OpenCV's log lines, and what libjpeg, libpng
+    and libtiff print straight to the process's standard error ("Corrupt JPEG data: ...",
+    "libpng warning: iCCP: ..."); we raise our own one-line error, or the file was fine.
 
-    OpenCV's log level is process-wide, so nested/concurrent uses are counted and the
-    previous level is restored when the last one ends.
+    OpenCV's log level and file descriptor 2 are process-wide, so nested/concurrent uses
+    are counted and both are restored when the last one ends (what another thread writes
+    to standard error while a decode runs is lost with them).
     """
-    global _quiet_depth, _quiet_saved_level
+    global _quiet_depth, _quiet_saved_level, _quiet_saved_stderr
     log = getattr(getattr(cv2, "utils", None), "logging", None)
-    if log is None:
-        yield
-        return
     with _quiet_lock:
         if _quiet_depth == 0:
-            _quiet_saved_level = log.getLogLevel()
-            log.setLogLevel(log.LOG_LEVEL_SILENT)
+            if log is not None:
+                _quiet_saved_level = log.getLogLevel()
+                log.setLogLevel(log.LOG_LEVEL_SILENT)
+            _quiet_saved_stderr = _silence_fd(2)
         _quiet_depth += 1
     try:
         yield
@@ -274,7 +312,34 @@ def _quiet_opencv():
         with _quiet_lock:
             _quiet_depth -= 1
             if _quiet_depth == 0:
-                log.setLogLevel(_quiet_saved_level)
+                if log is not None:
+                    log.setLogLevel(_quiet_saved_level)
+                if _quiet_saved_stderr is not None:
+                    with contextlib.suppress(OSError):
+                        os.dup2(_quiet_saved_stderr, 2)
+                    with contextlib.suppress(OSError):
+                        os.close(_quiet_saved_stderr)
+                    _quiet_saved_stderr = None
+
+
+def _silence_fd(fd: int) -> int | None:
+    """Point ``fd`` at the null device; return a copy of the old one (``None``: left alone)."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor: nothing to silence
+        return None
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+    except OSError:
+        os.close(saved)
+        return None
+    return saved
 
 
 def _to_rgb8(p: Path, arr: np.ndarray, info: _HeaderInfo, background: tuple[int, int, int]) -> tuple[np.ndarray, bool]:
@@ -362,6 +427,11 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- headers
+#
+# Pillow reads the headers: ``Image.open`` parses only up to the pixel data (lazy), and
+# every format's quirks (BigTIFF, odd tag types and counts, VP8/VP8L/VP8X, BMP variants)
+# are its maintainers' business, not ours.  What is checked here on top of it is only what
+# Pillow leaves to decoding time: a file cut short after its header.
 
 
 @dataclasses.dataclass
@@ -373,267 +443,149 @@ class _HeaderInfo:
     orientation: int = 1
     truncated: str = ""  # why the file looks truncated ("" = complete)
     tiff_extra_samples: int | None = None  # TIFF ExtraSamples: 1 premultiplied alpha, 2 straight
+    check: Callable[[], str] | None = None  # a later, costlier truncation check ("" = complete)
 
 
-def _u16be(d: bytes, o: int) -> int:
-    return (d[o] << 8) | d[o + 1]
+_PIL_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "BMP": "BMP", "TIFF": "TIFF", "WebP": "WEBP"}
+# Pillow keeps some state process-wide (its warnings go through the global filter list):
+# header reads are short, so they take turns.
+_pillow_lock = threading.Lock()
 
 
-def _u32be(d: bytes, o: int) -> int:
-    return int.from_bytes(d[o : o + 4], "big")
+def _pillow_open(data: bytes, fmt: str):
+    """Pillow's lazy image for ``data`` (header parsed, no pixel decoded).
 
-
-def _parse_jpeg(p: Path, d: bytes) -> _HeaderInfo:
-    n = len(d)
-    pos = 2
-    info: _HeaderInfo | None = None
-    orientation = 1
-    while True:
-        # Find the next marker (0xFF, possibly with fill bytes).
-        if pos >= n:
-            if info is None:
-                raise ImageError(p, "truncated JPEG file: ends before the frame header")
-            info.truncated = "ends before the image data"
-            return info
-        if d[pos] != 0xFF:
-            raise ImageError(p, f"corrupt JPEG header: expected a marker at byte {pos}")
-        while pos < n and d[pos] == 0xFF:
-            pos += 1
-        if pos >= n:
-            continue
-        marker = d[pos]
-        pos += 1
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            continue
-        if marker == 0xD9:  # EOI before any scan
-            if info is None:
-                raise ImageError(p, "corrupt JPEG: no frame header")
-            info.truncated = "no image data"
-            return info
-        if pos + 2 > n:
-            if info is None:
-                raise ImageError(p, "truncated JPEG file: ends inside the header")
-            info.truncated = "ends inside a header segment"
-            return info
-        seglen = _u16be(d, pos)
-        if seglen < 2:
-            raise ImageError(p, f"corrupt JPEG header: bad segment length at byte {pos}")
-        body = d[pos + 2 : pos + seglen]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            if len(body) < 6:
-                raise ImageError(p, "truncated JPEG file: ends inside the frame header")
-            info = _HeaderInfo("JPEG", width=_u16be(body, 3), height=_u16be(body, 1), bits=body[0])
-        elif marker == 0xE1 and body.startswith(b"Exif\x00\x00") and orientation == 1:
-            orientation = _exif_orientation(body[6:])
-        elif marker == 0xDA:  # start of scan: the entropy-coded data follows
-            if info is None:
-                raise ImageError(p, "corrupt JPEG: image data before the frame header")
-            info.orientation = orientation
-            # In entropy-coded data 0xFF is always followed by 0x00 or a marker, so the
-            # first FF D9 after the first scan is the end-of-image marker.
-            if d.find(b"\xff\xd9", pos + seglen) < 0:
-                info.truncated = "no end-of-image marker (the file was cut short)"
-            return info
-        if pos + seglen > n:
-            if info is None:
-                raise ImageError(p, "truncated JPEG file: ends inside the header")
-            info.truncated = "ends inside a header segment"
-            return info
-        pos += seglen
-
-
-def _parse_png(p: Path, d: bytes) -> _HeaderInfo:
-    n = len(d)
-    if n < 33 or d[12:16] != b"IHDR":
-        raise ImageError(p, "corrupt PNG header: no IHDR chunk")
-    width, height = _u32be(d, 16), _u32be(d, 20)
-    info = _HeaderInfo("PNG", width=width, height=height, bits=d[24])
-    pos = 8
-    seen_idat = False
-    while True:
-        if pos + 8 > n:
-            info.truncated = "no IEND chunk (the file was cut short)"
-            return info
-        length = _u32be(d, pos)
-        ctype = d[pos + 4 : pos + 8]
-        if pos + 12 + length > n:
-            info.truncated = f"the {ctype.decode('latin-1', 'replace')} chunk at byte {pos} is cut short"
-            return info
-        crc = _u32be(d, pos + 8 + length)
-        if zlib.crc32(memoryview(d)[pos + 4 : pos + 8 + length]) & 0xFFFFFFFF != crc:
-            raise ImageError(p, f"corrupt PNG: checksum mismatch in the {ctype.decode('latin-1', 'replace')} chunk at byte {pos}")
-        if ctype == b"IDAT":
-            seen_idat = True
-        elif ctype == b"eXIf" and info.orientation == 1:
-            info.orientation = _exif_orientation(d[pos + 8 : pos + 8 + length])
-        elif ctype == b"IEND":
-            if not seen_idat:
-                raise ImageError(p, "corrupt PNG: no image data (IDAT)")
-            return info
-        pos += 12 + length
-
-
-def _parse_bmp(p: Path, d: bytes) -> _HeaderInfo:
-    n = len(d)
-    if n < 26:
-        raise ImageError(p, "truncated BMP file: ends inside the header")
-    offbits = int.from_bytes(d[10:14], "little")
-    hsize = int.from_bytes(d[14:18], "little")
-    if hsize == 12:
-        width, height = int.from_bytes(d[18:20], "little"), int.from_bytes(d[20:22], "little")
-        bpp, compression, sizeimage = int.from_bytes(d[24:26], "little"), 0, 0
-    elif hsize >= 40:
-        if n < 38:
-            raise ImageError(p, "truncated BMP file: ends inside the header")
-        width = int.from_bytes(d[18:22], "little", signed=True)
-        height = abs(int.from_bytes(d[22:26], "little", signed=True))  # negative = top-down
-        bpp = int.from_bytes(d[28:30], "little")
-        compression = int.from_bytes(d[30:34], "little")
-        sizeimage = int.from_bytes(d[34:38], "little")
-    else:
-        raise ImageError(p, f"corrupt BMP header: unknown header size {hsize}")
-    info = _HeaderInfo("BMP", width=width, height=height, bits=8)
-    if compression in (0, 3, 6):  # uncompressed / bit fields: size follows from the header
-        need = offbits + ((max(width, 0) * bpp + 31) // 32) * 4 * height
-    else:  # RLE & co.: trust biSizeImage when given
-        need = offbits + sizeimage
-    if need > n:
-        info.truncated = f"pixel data needs {need} bytes, the file has {n}"
-    return info
-
-
-_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
-_TIFF_INT_DTYPES = {1: "u1", 3: "u2", 4: "u4", 6: "i1", 8: "i2", 9: "i4", 13: "u4", 16: "u8", 17: "i8", 18: "u8"}
-
-
-def _tiff_ifd0(d: bytes, wanted: Iterable[int]) -> dict[int, np.ndarray] | None:
-    """Integer tags of a TIFF structure's first IFD (also used for EXIF blobs).
-
-    Returns ``None`` when the structure is not readable (bad byte order, IFD out of range).
+    Pillow's decompression-bomb guard runs first; where it refuses, the header is read
+    without it only to learn the size, which the caller checks against its own
+    ``max_pixels`` (the guard's limit is Pillow's process-wide default; ours is per call).
     """
-    if len(d) < 8 or d[:2] not in (b"II", b"MM"):
-        return None
-    e = "<" if d[:2] == b"II" else ">"
-    magic = struct.unpack_from(e + "H", d, 2)[0]
-    if magic == 42:
-        ifd = struct.unpack_from(e + "I", d, 4)[0]
-        count_fmt, entry_size, inline, head = "H", 12, 4, 2
-    elif magic == 43 and len(d) >= 16:
-        ifd = struct.unpack_from(e + "Q", d, 8)[0]
-        count_fmt, entry_size, inline, head = "Q", 20, 8, 8
-    else:
-        return None
-    if ifd + head > len(d):
-        return None
-    nentries = struct.unpack_from(e + count_fmt, d, ifd)[0]
-    wanted = set(wanted)
-    tags: dict[int, np.ndarray] = {}
-    base = ifd + head
-    for i in range(nentries):
-        off = base + i * entry_size
-        if off + entry_size > len(d):
-            return None
-        if magic == 42:
-            tag, typ, count = struct.unpack_from(e + "HHI", d, off)
-            value_off = off + 8
-        else:
-            tag, typ, count = struct.unpack_from(e + "HHQ", d, off)
-            value_off = off + 12
-        if tag not in wanted or typ not in _TIFF_INT_DTYPES:
-            continue
-        nbytes = count * _TIFF_TYPE_SIZES[typ]
-        if nbytes > inline:
-            value_off = struct.unpack_from(e + ("I" if magic == 42 else "Q"), d, value_off)[0]
-        if value_off + nbytes > len(d):
-            return None
-        tags[tag] = np.frombuffer(d, np.dtype(_TIFF_INT_DTYPES[typ]).newbyteorder(e), count, value_off)
-    return tags
+    from PIL import Image
 
-
-def _exif_orientation(tiff_blob: bytes) -> int:
-    """Orientation (1..8) from an EXIF blob (TIFF structure), 1 when absent or unreadable."""
-    if tiff_blob.startswith(b"Exif\x00\x00"):
-        tiff_blob = tiff_blob[6:]
     try:
-        tags = _tiff_ifd0(tiff_blob, (0x0112,))
-    except struct.error:
-        return 1
-    if not tags or 0x0112 not in tags or len(tags[0x0112]) == 0:
-        return 1
-    value = int(tags[0x0112][0])
-    return value if 1 <= value <= 8 else 1
+        return Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+    except Image.DecompressionBombError:
+        factory = Image.OPEN[_PIL_FORMATS[fmt]][0]
+        return factory(io.BytesIO(data))
 
 
-def _parse_tiff(p: Path, d: bytes) -> _HeaderInfo:
+def _exif_orientation(blob: bytes | None) -> int:
+    """Orientation (1..8) from an EXIF blob, 1 when absent or unreadable."""
+    if not blob:
+        return 1
+    from PIL import Image
+
     try:
-        tags = _tiff_ifd0(d, (256, 257, 258, 273, 274, 279, 324, 325, 338))
-    except struct.error:
-        tags = None
-    if tags is None:
-        raise ImageError(p, "truncated or corrupt TIFF file: first image directory out of range")
-    if 256 not in tags or 257 not in tags:
-        raise ImageError(p, "corrupt TIFF header: no image width/height")
-    info = _HeaderInfo("TIFF", width=int(tags[256][0]), height=int(tags[257][0]))
-    if 258 in tags and len(tags[258]):
-        info.bits = int(tags[258].max())
-    if 274 in tags and len(tags[274]) and 1 <= int(tags[274][0]) <= 8:
-        info.orientation = int(tags[274][0])
-    if 338 in tags and len(tags[338]):
-        info.tiff_extra_samples = int(tags[338][0])
-    for offs, counts in ((273, 279), (324, 325)):
-        if offs in tags and counts in tags and len(tags[offs]) and len(tags[offs]) == len(tags[counts]):
-            end = int((tags[offs].astype(np.uint64) + tags[counts].astype(np.uint64)).max())
-            if end > len(d):
-                info.truncated = f"image data runs to byte {end}, the file has {len(d)}"
+        value = Image.Exif()
+        value.load(bytes(blob))
+        o = int(value.get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block only loses its orientation
+        return 1
+    return o if 1 <= o <= 8 else 1
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """The canvas size a WebP header declares, read the way Pillow reads it (Pillow's WebP
+    reader allocates the canvas while opening, so the size is checked before that)."""
+    try:
+        from PIL.WebPImagePlugin import _get_size
+    except ImportError:  # an older or newer Pillow: its own guard still applies
+        return None
+    try:
+        return _get_size(bytes(data[:30]))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _read_header(p: Path, data: bytes, fmt: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> _HeaderInfo:
+    from PIL import Image
+
+    n = len(data)
+    if fmt == "WebP":
+        riff = int.from_bytes(data[4:8], "little") + 8
+        if riff > n + 1:  # (+1: a final pad byte some writers omit)
+            raise ImageError(p, f"truncated WebP file: the RIFF header declares {riff} bytes, the file has {n}")
+        size = _webp_size(data)
+        if size is not None:
+            _check_pixels(p, size[0], size[1], max_pixels)
+    with _pillow_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notes on odd files: we raise our own error or go on
+        try:
+            im = _pillow_open(data, fmt)
+            width, height = (int(v) for v in im.size)
+            info = _HeaderInfo(fmt, width=width, height=height)
+            if fmt == "JPEG":
+                info.bits = int(getattr(im, "bits", 0) or 0)
+                info.orientation = _exif_orientation(im.info.get("exif"))
+                scan = int(im.fp.tell())  # Pillow stops right after the first scan's header
+                if data.find(b"\xff\xd9", scan) < 0:
+                    info.truncated = "no end-of-image marker (the file was cut short)"
+            elif fmt == "PNG":
+                info.bits = data[24] if n > 24 else 0
+                info.orientation = _exif_orientation(im.info.get("exif"))
+                info.check = functools.partial(_png_complete, p, data)
+            elif fmt == "WebP":
+                info.orientation = _exif_orientation(im.info.get("exif"))
+            elif fmt == "TIFF":
+                tags = im.tag_v2
+                bits = tags.get(258)
+                info.bits = int(max(bits)) if isinstance(bits, tuple) and bits else int(bits or 0)
+                o = tags.get(274)
+                info.orientation = int(o) if isinstance(o, int) and 1 <= o <= 8 else 1
+                extra = tags.get(338)
+                info.tiff_extra_samples = int(extra[0] if isinstance(extra, tuple) and extra else extra) if extra else None
+                for offs, counts in ((273, 279), (324, 325)):
+                    o, c = tags.get(offs), tags.get(counts)
+                    o = o if isinstance(o, tuple) else (o,) if o is not None else ()
+                    c = c if isinstance(c, tuple) else (c,) if c is not None else ()
+                    if o and len(o) == len(c):
+                        end = max(int(a) + int(b) for a, b in zip(o, c))
+                        if end > n:
+                            info.truncated = f"image data runs to byte {end}, the file has {n}"
+            elif fmt == "BMP":
+                info.bits = 8
+                tile = im.tile[0] if im.tile else None
+                if tile is not None and tile[0] == "raw":
+                    stride = abs(int(tile[3][1])) if len(tile[3]) > 1 and tile[3][1] else 0
+                    need = int(tile[2]) + stride * height
+                    if stride and need > n:
+                        info.truncated = f"pixel data needs {need} bytes, the file has {n}"
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise ImageError(p, f"image too large for Pillow's decompression-bomb guard ({_reason(e)})") from None
+        except Image.UnidentifiedImageError:
+            what = "truncated or corrupt" if fmt in ("TIFF", "WebP") else "corrupt"
+            raise ImageError(p, f"{what} {fmt} file: its header cannot be read") from None
+        except Exception as e:  # noqa: BLE001 - any failure inside a header is a bad file
+            raise ImageError(p, f"truncated or corrupt {fmt} header ({_reason(e)})") from None
     return info
 
 
-def _parse_webp(p: Path, d: bytes) -> _HeaderInfo:
-    n = len(d)
-    riff_size = int.from_bytes(d[4:8], "little")
-    pos = 12
-    info: _HeaderInfo | None = None
-    orientation = 1
-    while pos + 8 <= n:
-        fourcc = d[pos : pos + 4]
-        size = int.from_bytes(d[pos + 4 : pos + 8], "little")
-        body = d[pos + 8 : pos + 8 + (size if fourcc == b"EXIF" else min(size, 16))]
-        if info is None:
-            if fourcc == b"VP8 ":
-                if len(body) < 10 or body[3:6] != b"\x9d\x01\x2a":
-                    raise ImageError(p, "corrupt WebP header: bad VP8 frame header")
-                info = _HeaderInfo(
-                    "WebP",
-                    width=int.from_bytes(body[6:8], "little") & 0x3FFF,
-                    height=int.from_bytes(body[8:10], "little") & 0x3FFF,
-                )
-            elif fourcc == b"VP8L":
-                if len(body) < 5 or body[0] != 0x2F:
-                    raise ImageError(p, "corrupt WebP header: bad VP8L header")
-                bits = int.from_bytes(body[1:5], "little")
-                info = _HeaderInfo("WebP", width=(bits & 0x3FFF) + 1, height=((bits >> 14) & 0x3FFF) + 1)
-            elif fourcc == b"VP8X":
-                if len(body) < 10:
-                    raise ImageError(p, "corrupt WebP header: bad VP8X header")
-                info = _HeaderInfo(
-                    "WebP",
-                    width=int.from_bytes(body[4:7], "little") + 1,
-                    height=int.from_bytes(body[7:10], "little") + 1,
-                )
-            else:
-                raise ImageError(p, f"corrupt WebP header: unexpected first chunk {fourcc!r}")
-        elif fourcc == b"EXIF":
-            orientation = _exif_orientation(body)
-        pos += 8 + size + (size & 1)
-    if info is None:
-        raise ImageError(p, "truncated WebP file: ends inside the header")
-    info.orientation = orientation
-    if riff_size + 8 > n or pos > n + 1:  # (+1: a final pad byte some writers omit)
-        info.truncated = f"the RIFF header declares {riff_size + 8} bytes, the file has {n}"
-    return info
+def _png_complete(p: Path, data: bytes) -> str:
+    """Every chunk present with its checksum, up to IEND: ``""``, or why it is truncated."""
+    if b"IDAT" not in data:
+        raise ImageError(p, "corrupt PNG: no image data (IDAT)")
+    with _pillow_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _pillow_open(data, "PNG").verify()
+        except (EOFError, OSError) as e:
+            text = _reason(e)
+            if "truncat" in text.lower() or isinstance(e, EOFError):
+                return f"the file was cut short ({text})"
+            raise ImageError(p, f"corrupt PNG: {text}") from None
+        except Exception as e:  # noqa: BLE001
+            text = _reason(e)
+            m = re.search(r"checksum in b'(\w{4})'", text)
+            if m:
+                raise ImageError(p, f"corrupt PNG: checksum mismatch in the {m.group(1)} chunk") from None
+            raise ImageError(p, f"corrupt PNG: {text}") from None
+    return ""
 
 
-_PARSERS = {"JPEG": _parse_jpeg, "PNG": _parse_png, "BMP": _parse_bmp, "TIFF": _parse_tiff, "WebP": _parse_webp}
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------- inputs
