@@ -207,6 +207,20 @@ class ExplainSession:
                 out[o] = v
         return out
 
+    def run_graph(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """The graph's own outputs ``outputs`` (names as in the file) for ``feeds`` in the
+        model's own layout, from the session pruned to them: what a serving protocol that
+        exposes the model as it is needs (``onnx-explain serve``)."""
+        names = list(dict.fromkeys(outputs))
+        session = self._session(tuple(names))
+        wanted = {i.name for i in session.get_inputs()}
+        feeds = {k: v for k, v in feeds.items() if k in wanted}
+        n = next(iter(feeds.values())).shape[0] if feeds else 0
+        if self.fixed_batch and n != self.fixed_batch:
+            parts = [session.run(names, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(n)]
+            return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(names)}
+        return dict(zip(names, session.run(names, feeds)))
+
     def cam_weights(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Classifier weights (classes x K) and bias of a GAP + linear head, for CAM."""
         if self.cam_head is None:
