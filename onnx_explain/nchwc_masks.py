@@ -177,10 +177,11 @@ def keep_masks_blocked(optimized: onnx.ModelProto, shapes: Mapping[str, Sequence
         elif node.op_type == "Expand":
             # a per-channel tensor spread over H x W (the backward of that mean) for blocked readers
             small, out = geometry(node.input[0]), chw(node.output[0])
-            batch = shapes.get(node.input[0], [None])[0]  # spread over H x W only, not over N
             if (not out or small != (out[0], 1, 1) or out[1:] == (1, 1) or out[0] % 4
-                    or batch is None or batch != shapes.get(node.output[0], [None])[0]
                     or not all(u.op_type in _ELEMENTWISE for u in consumers[node.output[0]])):
+                continue
+            batch = shapes.get(node.input[0], [None])[0]  # spread over H x W only, not over N
+            if batch is None or batch != shapes.get(node.output[0], [None])[0]:
                 continue
             c, h, w = out
             node.input[0] = view(node.input[0], small, position)
@@ -385,7 +386,12 @@ def blocked_mask_session(model: onnx.ModelProto, options, providers: Sequence[st
 def channel_first_shapes(model: onnx.ModelProto) -> dict[str, list]:
     """Shapes of the graph's values by ONNX shape inference, the large weights passed as
     inputs of their size (only their sizes matter, their contents are not copied); a
-    symbolic dimension is its name, an unknown one ``None``."""
+    symbolic dimension is its name, an unknown one ``None``; values of unknown rank absent.
+
+    Data propagation gives the gradient's ``Reshape`` / ``Expand`` to a ``Shape(y)`` their
+    dims; where an operator's own inference does not use it (``Reshape`` before opset 14),
+    such an output is given y's shape and inference runs again.
+    """
     graph = model.graph
     weights = [i for i in graph.initializer if int(np.prod(i.dims)) > 256]
     light = helper.make_model(
@@ -397,7 +403,41 @@ def channel_first_shapes(model: onnx.ModelProto) -> dict[str, list]:
         ),
         opset_imports=model.opset_import, ir_version=model.ir_version,
     )
-    # data propagation: the gradient's Reshape/Expand to a Shape(...) get static dims
-    inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    return {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in v.type.tensor_type.shape.dim]
-            for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    producer = {out: node for node in graph.node for out in node.output}
+    for _ in range(8):
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+        shapes = {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in v.type.tensor_type.shape.dim]
+                  for v in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+                  if v.type.tensor_type.HasField("shape")}
+        given = []
+        for node in graph.node:
+            if node.op_type not in ("Reshape", "Expand") or node.output[0] in shapes or len(node.input) < 2:
+                continue
+            source = producer.get(node.input[1])
+            if source is None or source.op_type != "Shape" or source.attribute or source.input[0] not in shapes:
+                continue
+            target = shapes[source.input[0]]
+            dims = target if node.op_type == "Reshape" else _broadcast(shapes.get(node.input[0]), target)
+            if dims is not None and 0 not in dims:
+                given.append(helper.make_tensor_value_info(node.output[0], types.get(node.input[0], 0), dims))
+        if not given:
+            return shapes
+        light.graph.value_info.extend(given)
+    return shapes
+
+
+def _broadcast(a: Sequence | None, b: Sequence) -> list | None:
+    """The shape ``Expand`` gives ``a`` with the target ``b`` (``None`` when not known)."""
+    if a is None:
+        return None
+    a, b = [1] * (len(b) - len(a)) + list(a), [1] * (len(a) - len(b)) + list(b)
+    out = []
+    for x, y in zip(a, b):
+        if x == 1 or x == y:
+            out.append(y)
+        elif y == 1:
+            out.append(x)
+        else:
+            return None
+    return out if None not in out else None
