@@ -20,7 +20,7 @@ from torch import nn
 from onnx_explain import contract
 from onnx_explain.export import export_model
 from onnx_explain.models import DEFAULT_LAYERS, MODELS
-from torch_reference import autograd, run_explain
+from torch_reference import autograd, explain_session, run_explain
 
 # Small inputs keep the suite fast; EfficientNet-Lite0's "same" padding is static, so it
 # is checked at its native 224 (with its real, pretrained weights).
@@ -105,11 +105,11 @@ def _torch_decisions(module: nn.Module, x: np.ndarray) -> dict[str, list[np.ndar
     return seen
 
 
-def _same_decisions(proto: onnx.ModelProto, module: nn.Module, x: np.ndarray, target: np.ndarray) -> bool:
+def _same_decisions(tapped, module: nn.Module, x: np.ndarray, target: np.ndarray) -> bool:
     """Whether ONNX Runtime (float32) takes every ReLU/ReLU6/max-pool decision that exact
-    float64 arithmetic takes on ``x``."""
-    tapped, taps = _with_decision_outputs(proto)
-    out = run_explain(tapped, x, target, outputs=[name for _, name in taps])
+    float64 arithmetic takes on ``x``; ``tapped``: (session, taps) of :func:`_with_decision_outputs`."""
+    session, taps = tapped
+    out = run_explain(session, x, target, outputs=[name for _, name in taps])
     ours: dict[str, list[np.ndarray]] = {kind: [] for kind in _DECISIONS}
     for kind, name in taps:
         ours[kind].append(out[name])
@@ -143,9 +143,11 @@ def _well_conditioned_inputs(proto: onnx.ModelProto, module: nn.Module, batch: i
     """
     rng = np.random.default_rng(seed)
     kept = []
+    model, taps = _with_decision_outputs(proto)
+    tapped = (explain_session(model), taps)  # one session for all the draws
     for _ in range(10 * batch):
         x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
-        if _same_decisions(proto, module, x, target[len(kept) : len(kept) + 1]):
+        if _same_decisions(tapped, module, x, target[len(kept) : len(kept) + 1]):
             kept.append(x)
             if len(kept) == batch:
                 return np.concatenate(kept)

@@ -60,10 +60,16 @@ def autograd(model: nn.Module, layer: nn.Module, x, target: np.ndarray, guided: 
     return logits.detach().numpy(), a.detach().numpy(), a.grad.numpy(), x.grad.numpy(), chosen.numpy()
 
 
-def run_explain(model: onnx.ModelProto, x: np.ndarray, target: np.ndarray, outputs=None) -> dict[str, np.ndarray]:
+def explain_session(model: onnx.ModelProto) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def run_explain(model: onnx.ModelProto | ort.InferenceSession, x: np.ndarray, target: np.ndarray,
+                outputs=None) -> dict[str, np.ndarray]:
+    """Run an explain model (or a session of one) on ``x`` with ``target``: name -> array."""
+    s = model if isinstance(model, ort.InferenceSession) else explain_session(model)
     names = outputs or [o.name for o in s.get_outputs()]
     image = next(i.name for i in s.get_inputs() if i.name != "target")
     return dict(zip(names, s.run(names, {image: x.astype(np.float32), "target": target.astype(np.int64)})))
