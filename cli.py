@@ -1,11 +1,13 @@
 """The onnx-explain command line: export, augment, explain, score, inspect, evaluate.
 
-Exit status: 0 all done; 1 some inputs failed (the rest were done); 2 usage or model error.
-Errors are one line naming the file and the problem; ``--debug`` shows the traceback.
+Exit status: 0 all done; 1 some inputs failed (the rest were done); 2 usage or model error;
+130 interrupted (Ctrl-C). Errors are one line naming the file and the problem (control
+characters in names and labels escaped); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -19,11 +21,13 @@ import click
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `yes | head -1` gives
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C, as shells report it
 DEFAULT_MODEL = "efficientnet_lite0"
 # Bounds on user numbers: beyond them a run only burns memory and time.
 MAX_THREADS = min(256, 4 * (os.cpu_count() or 1))
 MAX_BATCH = 1024
 MAX_SIDE = 16384  # input / resize side in pixels
+MAX_PIXELS_CAP = 1_000_000_000  # --max-pixels at most: one such image is 3 GB decoded
 RESIZE_POLICIES = ("stretch", "center_crop", "letterbox")
 DEMO_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
 
@@ -58,6 +62,9 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError:
             _exit_on_broken_pipe()
+        except KeyboardInterrupt:  # Ctrl-C: not "some inputs failed"; what is written is whole
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def _threads_option(fn: Callable) -> Callable:
@@ -102,12 +109,14 @@ def _fail_cleanly(fn: Callable) -> Callable:
         except Exception as exc:  # noqa: BLE001 - the boundary to the user
             from onnx_explain.errors import ExplainError
             from onnx_explain.images import ImageError
+            from onnx_explain.outputs import FolderBusy, for_terminal
 
             if (ctx.obj or {}).get("debug"):
                 raise
-            known = isinstance(exc, (ExplainError, ImageError, Failure, ValueError, FileNotFoundError, OSError))
+            known = isinstance(exc, (ExplainError, ImageError, Failure, FolderBusy, ValueError, FileNotFoundError,
+                                     OSError))
             msg = str(exc) if known else f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
-            click.echo(f"error: {msg}", err=True)
+            click.echo(f"error: {for_terminal(msg)}", err=True)
             ctx.exit(EXIT_ERROR)
 
     return wrapper
@@ -117,6 +126,14 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, leave=False)
+
+
+def _echo_err(msg: str) -> None:
+    """One line on stderr, on a line of its own even while a progress bar is drawn there."""
+    from tqdm import tqdm
+
+    with tqdm.external_write_mode(file=sys.stderr):
+        click.echo(msg, err=True)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -509,29 +526,42 @@ def _value_info(v) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- shared
 
 
-def _load_images(inputs: tuple[str, ...], report_error: Callable[[str], None]):
-    """Expand inputs, load every image; bad ones are reported and skipped."""
-    from onnx_explain.images import ImageError, iter_image_paths, load_image
+def _expand_inputs(inputs: tuple[str, ...], report_error: Callable[[str], None]) -> list:
+    """Expand files, directories and globs into paths (nothing decoded: images are read
+    batch by batch later); inputs that name nothing are reported."""
+    from onnx_explain.images import iter_image_paths
 
     paths, problems = iter_image_paths(list(inputs))
     for p in problems:
         report_error(str(p))
-    loaded = []
-    for path in paths:
-        try:
-            loaded.append(load_image(path))
-        except ImageError as exc:
-            report_error(str(exc))
-    return loaded, len(paths) + len(problems)
+    return paths
+
+
+def _max_pixels_option(fn: Callable) -> Callable:
+    from onnx_explain.images import DEFAULT_MAX_PIXELS
+
+    return click.option(
+        "--max-pixels", type=click.IntRange(1, MAX_PIXELS_CAP), default=DEFAULT_MAX_PIXELS, show_default=True,
+        help="Refuse images with more pixels than this, from their header, before decoding (a 144 MP photo "
+             "needs --max-pixels 150000000; each such image takes 3 bytes a pixel and more in memory).",
+    )(fn)
 
 
 def _target_option(value: str) -> int | None:
-    if value in ("top1", "top-1", "-1"):
+    """``top1`` (or ``-1``) -> ``None``; a class index >= 0; anything else a usage error
+    (``-5`` is not silently top-1).  The upper bound is checked against the model."""
+    text = value.strip().lower()
+    if text in ("top1", "top-1", "-1"):
         return None
     try:
-        return int(value)
+        index = int(text)
     except ValueError:
         raise Failure(f"--target must be 'top1' or a class index, got {value!r}") from None
+    if index < 0 or index >= 2**63:
+        shown = text if len(text) <= 24 else text[:21] + "..."
+        raise Failure(f"--target must be 'top1' (or -1) or a class index from 0 to the model's classes - 1, "
+                      f"got {shown}")
+    return index
 
 
 # ----------------------------------------------------------------------------- score
@@ -545,40 +575,46 @@ def _target_option(value: str) -> int | None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @_threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@_max_pixels_option
 @_fail_cleanly
 def score(model: str, images: tuple[str, ...], top_k: int, batch_size: int, device: str, threads: int | None,
-          as_json: bool) -> None:
+          as_json: bool, max_pixels: int) -> None:
     """Classify images: top-k labels and probabilities.
 
-    IMAGES are files, directories or glob patterns (quote globs).
+    IMAGES are files, directories or glob patterns (quote globs). Images are read batch
+    by batch (memory does not grow with their number); a bad one is reported by name and
+    the others are scored (exit 1).
     """
-    from onnx_explain.explainer import Explainer
+    from onnx_explain.explainer import Explainer, ItemError
+    from onnx_explain.outputs import dumps_strict, for_terminal
 
     errors: list[str] = []
 
     def report(msg: str) -> None:
         errors.append(msg)
-        click.echo(f"error: {msg}", err=True)
+        _echo_err(f"error: {for_terminal(msg)}")
 
-    with Explainer(model, device=device, threads=threads) as ex:
+    results = []
+    with Explainer(model, device=device, threads=threads, max_pixels=max_pixels) as ex:
         top_k = _check_top_k(top_k, ex.session.num_classes)
-        loaded, _ = _load_images(images, report)
-        results = []
-        with _progress(len(loaded), "scoring", not as_json and len(loaded) > batch_size) as bar:
-            for i in range(0, len(loaded), batch_size):
-                chunk = loaded[i : i + batch_size]
-                results.extend(ex.predict(chunk, top_k=top_k, batch_size=batch_size))
-                bar.update(len(chunk))
+        paths = _expand_inputs(images, report)
+        with _progress(len(paths), "scoring", not as_json and len(paths) > batch_size) as bar:
+            for r in ex.iter_predict(paths, top_k=top_k, batch_size=batch_size, errors="return"):
+                bar.update(1)
+                if isinstance(r, ItemError):
+                    report(r.message)
+                    continue
+                if as_json:
+                    results.append(r)
+                else:
+                    best = ", ".join(f"{l} ({p:.3f})" for l, p in zip(r.labels, r.probabilities))
+                    click.echo(for_terminal(f"{r.path}: {best}"))
     if as_json:
         doc = {"model": model, "results": [
             {"file": r.path, "top_k": [{"class": c, "label": l, "probability": round(p, 6)}
                                        for c, l, p in zip(r.classes, r.labels, r.probabilities)]}
             for r in results], "errors": errors}
-        click.echo(json.dumps(doc, indent=2))
-    else:
-        for r in results:
-            best = ", ".join(f"{l} ({p:.3f})" for l, p in zip(r.labels, r.probabilities))
-            click.echo(f"{r.path}: {best}")
+        click.echo(dumps_strict(doc, indent=2))
     sys.exit(EXIT_SOME_FAILED if errors else EXIT_OK)
 
 
@@ -591,8 +627,17 @@ def _method_names() -> list[str]:
     return list(METHODS)
 
 
-def _output_stem(path: str | None, used: set[str]) -> str:
-    stem = Path(path).stem if path else "image"
+def _output_stem(path: str | None, used: set[str], room: int = 200) -> str:
+    """The output files' stem for an input: its own stem, made safe to write and to name
+    in report.json (control characters and undecodable bytes -> "_"), cut to ``room``
+    bytes so that "<stem>-<n>.<method>.npy" stays a legal file name, made unique."""
+    from onnx_explain.outputs import safe_name
+
+    stem = safe_name(Path(path).stem) if path else "image"
+    raw = stem.encode("utf-8")
+    if len(raw) > room:
+        stem = raw[:room].decode("utf-8", "ignore")
+    stem = stem or "image"
     name, k = stem, 1
     while name in used:
         k += 1
@@ -603,20 +648,37 @@ def _output_stem(path: str | None, used: set[str]) -> str:
 
 def run_explain(model: str, images: tuple[str, ...], methods: list[str], target: int | None, out_dir: Path,
                 batch_size: int, device: str, threads: int | None, colormap: str, alpha: float,
-                save_npy: bool, top_k: int, as_json: bool, quiet: bool = False) -> int:
-    """Explain images with each method; write overlays, maps and report.json. Returns the exit status."""
-    from onnx_explain.explainer import Explainer
-    from onnx_explain.outputs import write_json, write_npy, write_png
+                save_npy: bool, top_k: int, as_json: bool, quiet: bool = False,
+                max_pixels: int | None = None) -> int:
+    """Explain images with each method; write overlays, maps and report.json. Returns the exit status.
+
+    Images are decoded batch by batch (at most ``batch_size`` of them, and a bounded
+    number of pixels, in memory at once), each batch explained by every method and its
+    files written before the next is read.  Whatever fails for one image (unreadable,
+    a method's error, memory, writing its files) is reported by name and the others are
+    done; a failed batch is retried image by image.  The output folder is held for the
+    run (a second run into it is refused) and report.json lists exactly the files written.
+    """
+    import errno
+
+    from onnx_explain.errors import ModelError
+    from onnx_explain.explainer import Explainer, ItemError
+    from onnx_explain.images import DEFAULT_MAX_PIXELS, display_path
+    from onnx_explain.outputs import (NAME_MAX, FolderBusy, clean_stale_temporaries, dumps_strict, for_terminal,
+                                      lock_folder, write_json, write_npy, write_png)
     from onnx_explain.overlay import caption, draw_box, is_flat, overlay
 
     errors: list[dict[str, str]] = []
 
-    def report(msg: str) -> None:
-        errors.append({"error": msg})
-        click.echo(f"error: {msg}", err=True)
+    def report(msg: str, file: str | None = None) -> None:
+        errors.append({"file": file, "error": msg} if file is not None else {"error": msg})
+        _echo_err(f"error: {for_terminal(msg)}")
 
+    fatal_errno = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    room = NAME_MAX - max(len(f".{m}.png") for m in methods) - len(".npy") - 8
     t_start = time.perf_counter()
-    with Explainer(model, device=device, threads=threads) as ex:
+    with Explainer(model, device=device, threads=threads, max_pixels=max_pixels or DEFAULT_MAX_PIXELS) as ex, \
+            contextlib.ExitStack() as held:
         n_classes = ex.session.num_classes
         if target is not None and n_classes is not None and target >= n_classes:
             # before any image work, and before --out is created: a failed run leaves nothing
@@ -625,69 +687,103 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
         top_k = _check_top_k(top_k, n_classes)
         for m in methods:  # fail early, before any image work, on a method the model can't do
             ex.method(m)
-        loaded, n_inputs = _load_images(images, report)
-        if not loaded:
-            raise Failure("no image could be read" + (f" ({len(errors)} failed)" if errors else ""))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        records: list[dict[str, Any]] = []
+        paths = _expand_inputs(images, report)
+        records: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
         used: set[str] = set()
-        stems = {id(im): _output_stem(str(im.path) if im.path else None, used) for im in loaded}
-        total = len(loaded) * len(methods)
-        with _progress(total, "explaining", not (as_json or quiet) and sys.stderr.isatty() or total > batch_size and not (as_json or quiet)) as bar:
-            for method in methods:
-                for i in range(0, len(loaded), batch_size):
-                    chunk = loaded[i : i + batch_size]
+        n_read = 0
+        locked = False
+        total = len(paths) * len(methods)
+        show = not (as_json or quiet) and (sys.stderr.isatty() or total > batch_size)
+        with _progress(total, "explaining", show) as bar:
+            for chunk in ex.iter_batches(paths, batch_size):
+                loaded = []
+                for item in chunk:
+                    if isinstance(item, ItemError):
+                        report(item.message, item.path)
+                        bar.update(len(methods))
+                    else:
+                        loaded.append(item)
+                if not loaded:
+                    continue
+                if not locked:  # the first readable image: now the folder is ours
                     try:
-                        results = ex.explain(chunk, method=method, target=target, batch_size=batch_size, top_k=top_k)
-                    except Exception as exc:
-                        from onnx_explain.errors import ModelError
-
-                        if isinstance(exc, ModelError):
+                        held.enter_context(lock_folder(out_dir))
+                    except FolderBusy as exc:
+                        raise Failure(str(exc)) from None
+                    clean_stale_temporaries(out_dir)
+                    locked = True
+                n_read += len(loaded)
+                stems = {id(im): _output_stem(str(im.path) if im.path else None, used, room) for im in loaded}
+                for method in methods:
+                    for im, e in zip(loaded, ex.iter_explain(loaded, method=method, target=target,
+                                                               batch_size=batch_size, top_k=top_k, errors="return")):
+                        bar.update(1)
+                        if isinstance(e, ItemError):
+                            report(e.message, e.path)
+                            continue
+                        try:
+                            records[method].append(_write_explanation(
+                                im, e, method, stems[id(im)], out_dir, colormap, alpha, save_npy,
+                                write_png, write_npy, overlay, draw_box, caption, is_flat, for_terminal))
+                        except ModelError:
                             raise
-                        for im in chunk:
-                            report(f"{im.path}: {method} failed: {exc}")
-                        bar.update(len(chunk))
-                        continue
-                    for im, e in zip(chunk, results):
-                        stem = stems[id(im)]
-                        flat = is_flat(e.raw_map) or is_flat(e.heatmap)
-                        if flat:
-                            click.echo(f"warning: {im.path or stem}: {method} gave a flat map (one value everywhere) "
-                                       f"for class {e.target_class} ({caption(e.label)}): the overlay shows no heat",
-                                       err=True)
-                        picture = overlay(im.rgb, e.heatmap, colormap=colormap, alpha=alpha)
-                        if e.box is not None:
-                            picture = draw_box(picture, e.box, (255, 255, 255), label=caption(e.label, e.probability))
-                        files = {"overlay": str(write_png(out_dir / f"{stem}.{method}.png", picture))}
-                        if save_npy:
-                            files["heatmap"] = str(write_npy(out_dir / f"{stem}.{method}.npy", e.heatmap))
-                        rec = e.to_json()
-                        rec["flat_map"] = flat
-                        rec["outputs"] = files
-                        records.append(rec)
-                    bar.update(len(chunk))
+                        except OSError as exc:
+                            if exc.errno in fatal_errno:  # the disk, not this image: nothing more can be written
+                                raise
+                            report(f"{display_path(im.path) if im.path else stems[id(im)]}: {method}: writing its "
+                                   f"files failed: {exc.strerror or exc}", e.path)
+                        except Exception as exc:  # noqa: BLE001 - this image's own failure, memory included
+                            reason = "not enough memory" if isinstance(exc, MemoryError) else \
+                                f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                            report(f"{display_path(im.path) if im.path else stems[id(im)]}: {method}: "
+                                   f"{reason}", e.path)
+                del loaded, chunk
+        if not n_read:
+            raise Failure("no image could be read" + (f" ({len(errors)} failed)" if errors else ""))
+        results = [r for m in methods for r in records[m]]
         doc = {
             "model": model,
             "methods": methods,
             "target": "top1" if target is None else target,
             "providers": ex.session.active_providers,
-            "images": len(loaded),
+            "images": n_read,
             "failed": len(errors),
-            "flat_maps": sum(1 for r in records if r["flat_map"]),
+            "flat_maps": sum(1 for r in results if r["flat_map"]),
             "seconds": round(time.perf_counter() - t_start, 3),
-            "results": records,
+            "results": results,
             "errors": errors,
         }
         write_json(out_dir / "report.json", doc)
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(dumps_strict(doc, indent=2))
     elif not quiet:
-        for r in records:
+        for r in results:
             flat = "  (flat map)" if r["flat_map"] else ""
-            click.echo(f"{r['file']}: {r['method']} -> {r['label']} (p={r['probability']:.3f}) box={r['box']}{flat}")
-        click.echo(f"wrote {len(records)} explanation(s) and {out_dir / 'report.json'}"
+            click.echo(for_terminal(f"{r['file']}: {r['method']} -> {r['label']} (p={r['probability']:.3f}) "
+                                    f"box={r['box']}{flat}"))
+        click.echo(for_terminal(f"wrote {len(results)} explanation(s) and {out_dir / 'report.json'}")
                    + (f"; {len(errors)} input(s) failed" if errors else ""))
     return EXIT_SOME_FAILED if errors else EXIT_OK
+
+
+def _write_explanation(im, e, method, stem, out_dir, colormap, alpha, save_npy, write_png, write_npy, overlay,
+                       draw_box, caption, is_flat, for_terminal) -> dict[str, Any]:
+    """One image's overlay (and heatmap) files; its report.json record."""
+    flat = is_flat(e.raw_map) or is_flat(e.heatmap)
+    if flat:
+        _echo_err(for_terminal(f"warning: {e.path or stem}: {method} gave a flat map (one value everywhere) "
+                               f"for class {e.target_class} ({caption(e.label)}): the overlay shows no heat"))
+    picture = overlay(im.rgb, e.heatmap, colormap=colormap, alpha=alpha)
+    if e.box is not None:
+        picture = draw_box(picture, e.box, (255, 255, 255), label=caption(e.label, e.probability))
+    files = {"overlay": str(write_png(out_dir / f"{stem}.{method}.png", picture))}
+    del picture
+    if save_npy:
+        files["heatmap"] = str(write_npy(out_dir / f"{stem}.{method}.npy", e.heatmap))
+    rec = e.to_json()
+    rec["flat_map"] = flat
+    rec["outputs"] = files
+    return rec
 
 
 @main.command()
@@ -705,15 +801,18 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
 @click.option("--npy/--no-npy", default=True, show_default=True, help="Also save each heatmap as .npy.")
 @_top_k_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_max_pixels_option
 @_fail_cleanly
 def explain(model: str, images: tuple[str, ...], method: str, target: str, out_dir: str, batch_size: int,
             device: str, threads: int | None, colormap: str, alpha: float, npy: bool, top_k: int,
-            as_json: bool) -> None:
+            as_json: bool, max_pixels: int) -> None:
     """Explain images: overlay PNGs, heatmaps (.npy) and report.json in --out.
 
     \b
     IMAGES are files, directories or glob patterns (quote globs).
     One bad image is reported by name and the others are still explained (exit 1).
+    Images are read batch by batch: memory does not grow with their number. A second
+    run into the same --out while one is running is refused.
     """
     methods = [m.strip() for m in method.split(",") if m.strip()]
     known = _method_names()
@@ -725,7 +824,7 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, out_d
     if colormap.lower() not in COLORMAPS:
         raise Failure(f"unknown colormap {colormap!r}; choose from {', '.join(sorted(COLORMAPS))}")
     status = run_explain(model, images, methods, _target_option(target), Path(out_dir), batch_size, device, threads,
-                         colormap, alpha, npy, top_k, as_json)
+                         colormap, alpha, npy, top_k, as_json, max_pixels=max_pixels)
     sys.exit(status)
 
 

@@ -21,6 +21,7 @@ _LAZY = {
     "Explainer": "onnx_explain.explainer",
     "Explanation": "onnx_explain.explainer",
     "Prediction": "onnx_explain.explainer",
+    "ItemError": "onnx_explain.explainer",
     "augment_model": "onnx_explain.augment",
     "ExplainError": "onnx_explain.errors",
 }

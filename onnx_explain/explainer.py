@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
 from onnx_explain.errors import ModelError
 from onnx_explain.evaluation.localization import box_from_heatmap
-from onnx_explain.images import LoadedImage, load_image
+from onnx_explain.images import DEFAULT_MAX_PIXELS, ImageError, LoadedImage, display_path, load_image
 from onnx_explain.methods import METHODS, create, normalize01
 from onnx_explain.preprocess import Geometry, preprocess_batch
 from onnx_explain.session import ExplainSession
@@ -24,6 +24,29 @@ from onnx_explain.session import ExplainSession
 ImageLike = Union[str, os.PathLike, LoadedImage, np.ndarray]
 
 BOX_THRESHOLD = 0.15  # fraction of the map's maximum, as in the CAM paper
+# Decoded pixels held at once: a batch closes at ``batch_size`` images or at this many
+# pixels, whichever comes first (one image larger than this is a batch of its own), so
+# memory does not grow with the number of inputs nor with a batch of huge photos.
+PIXEL_BUDGET = 40_000_000
+ERROR_MODES = ("raise", "return")
+
+
+@dataclasses.dataclass
+class ItemError:
+    """One input that could not be scored or explained (``errors="return"``).
+
+    ``message`` is one line, ``"<file>: <problem>"``; ``exception`` what was raised.
+    """
+
+    path: str | None
+    message: str
+    exception: BaseException | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.path, "error": self.message}
 
 
 @dataclasses.dataclass
@@ -78,9 +101,14 @@ class Explainer:
     fallback).  ``threads``: ONNX Runtime intra-op threads (default: its own choice).
     """
 
-    def __init__(self, model: str | os.PathLike, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, model: str | os.PathLike, device: str = "auto", threads: int | None = None, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, pixel_budget: int = PIXEL_BUDGET) -> None:
+        if not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
         self.session = ExplainSession(model, device=device, threads=threads)
         self.preprocess = self.session.preprocess
+        self.max_pixels = max_pixels
+        self.pixel_budget = max(1, int(pixel_budget))
 
     def __enter__(self) -> "Explainer":
         return self
@@ -102,37 +130,119 @@ class Explainer:
         return labels[index] if labels and 0 <= index < len(labels) else str(index)
 
     # ------------------------------------------------------------------ inputs
-    def load(self, images: Sequence[ImageLike]) -> list[LoadedImage]:
-        out = []
+    def _load_one(self, im: ImageLike) -> LoadedImage:
+        if isinstance(im, LoadedImage):
+            return im
+        if isinstance(im, np.ndarray):
+            try:
+                return LoadedImage.from_array(im)
+            except ValueError as e:
+                raise ImageError(None, str(e)) from None
+        return load_image(im, max_pixels=self.max_pixels)
+
+    def load(self, images: Sequence[ImageLike], errors: str = "raise") -> list[LoadedImage | ItemError]:
+        """Decode every input (all at once: for many files use :meth:`iter_explain`)."""
+        _check_errors(errors)
+        out: list[LoadedImage | ItemError] = []
         for im in images:
-            if isinstance(im, LoadedImage):
-                out.append(im)
-            elif isinstance(im, np.ndarray):
-                out.append(LoadedImage.from_array(im))
-            else:
-                out.append(load_image(im))
+            try:
+                out.append(self._load_one(im))
+            except Exception as exc:  # noqa: BLE001 - per item
+                if errors == "raise":
+                    raise
+                out.append(_item_error(im, exc))
         return out
 
-    def _batch(self, images: Sequence[ImageLike]) -> tuple[list[LoadedImage], np.ndarray, list[Geometry]]:
-        loaded = self.load(images)
+    def _chunks(self, images: Sequence[ImageLike], batch_size: int, errors: str
+                ) -> Iterator[list[tuple[int, LoadedImage | ItemError]]]:
+        """``(index, image or error)`` per batch, decoded only when its batch comes: at
+        most ``batch_size`` images and about ``pixel_budget`` pixels in memory at once."""
+        chunk: list[tuple[int, LoadedImage | ItemError]] = []
+        pixels = 0
+        for i, im in enumerate(images):
+            try:
+                loaded: LoadedImage | ItemError = self._load_one(im)
+            except Exception as exc:  # noqa: BLE001 - per item, whatever it is
+                if errors == "raise":
+                    raise
+                loaded = _item_error(im, exc)
+            chunk.append((i, loaded))
+            if isinstance(loaded, LoadedImage):
+                pixels += loaded.height * loaded.width
+            if sum(isinstance(x, LoadedImage) for _, x in chunk) >= batch_size or pixels >= self.pixel_budget:
+                yield chunk
+                chunk, pixels = [], 0
+        if chunk:
+            yield chunk
+
+    def iter_batches(self, images: Iterable[ImageLike], batch_size: int = 16
+                     ) -> Iterator[list[LoadedImage | ItemError]]:
+        """The inputs decoded batch by batch (at most ``batch_size`` images and about
+        ``pixel_budget`` pixels each); an input that cannot be read is an
+        :class:`ItemError` in its place.  A batch is decoded only when asked for."""
+        for chunk in self._chunks(_as_list(images), _check_batch_size(batch_size), "return"):
+            yield [x for _, x in chunk]
+
+    def _batch(self, images: Sequence[LoadedImage]) -> tuple[list[LoadedImage], np.ndarray, list[Geometry]]:
+        loaded = [self._load_one(im) for im in images]
         batch, geometries = preprocess_batch(loaded, self.preprocess)
         if self.preprocess.layout == "NHWC":  # the session and the methods speak NCHW
             batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
         return loaded, batch, geometries
 
+    def _per_item(self, chunk, errors: str, work: Callable[[list[LoadedImage], list[int]], list], what: str):
+        """Run ``work`` on a batch's good images; if the batch fails, image by image, so
+        one image's failure (whatever its type, memory included) is its own alone.
+        Yields results and :class:`ItemError`s in input order."""
+        good = [(i, im) for i, im in chunk if isinstance(im, LoadedImage)]
+        done: dict[int, Any] = {i: x for i, x in chunk if not isinstance(x, LoadedImage)}
+        if good:
+            try:
+                results = work([im for _, im in good], [i for i, _ in good])
+                done.update({i: r for (i, _), r in zip(good, results)})
+            except ModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried one image at a time
+                if errors == "raise" and len(good) == 1:
+                    raise
+                del exc
+                for i, im in good:
+                    try:
+                        done[i] = work([im], [i])[0]
+                    except ModelError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - this image's own failure
+                        if errors == "raise":
+                            raise
+                        done[i] = _item_error(im, exc, what)
+        for i, _ in chunk:
+            yield done[i]
+
     # ------------------------------------------------------------------ predict
-    def predict(self, images: Sequence[ImageLike], top_k: int = 5, batch_size: int = 16) -> list[Prediction]:
-        loaded, batch, _ = self._batch(images)
-        probs = np.concatenate([
-            self.session(batch[i : i + batch_size], None, ["probabilities"])["probabilities"]
-            for i in range(0, len(batch), batch_size)
-        ])
-        return [self._top_k(im, p, top_k) for im, p in zip(loaded, probs)]
+    def iter_predict(self, images: Iterable[ImageLike], top_k: int = 5, batch_size: int = 16,
+                     errors: str = "raise") -> Iterator[Prediction | ItemError]:
+        """Top-k classes per image, batch by batch (images decoded only when their batch
+        comes).  ``errors="return"``: a bad input gives an :class:`ItemError` in its place
+        and the others go on; ``"raise"``: the first one raises."""
+        _check_errors(errors)
+        batch_size = _check_batch_size(batch_size)
+
+        def work(loaded: list[LoadedImage], _: list[int]) -> list[Prediction]:
+            _, batch, _ = self._batch(loaded)
+            probs = self.session(batch, None, ["probabilities"])["probabilities"]
+            return [self._top_k(im, p, top_k) for im, p in zip(loaded, probs)]
+
+        for chunk in self._chunks(_as_list(images), batch_size, errors):
+            yield from self._per_item(chunk, errors, work, "scoring")
+
+    def predict(self, images: Sequence[ImageLike], top_k: int = 5, batch_size: int = 16,
+                errors: str = "raise") -> list[Prediction | ItemError]:
+        return list(self.iter_predict(images, top_k=top_k, batch_size=batch_size, errors=errors))
 
     def _top_k(self, image: LoadedImage, probs: np.ndarray, k: int) -> Prediction:
         order = np.argsort(-probs)[: max(1, k)]
         return Prediction(
-            str(image.path) if image.path is not None else None,
+            display_path(image.path) if image.path is not None else None,
             [int(c) for c in order],
             [self.label(int(c)) for c in order],
             [float(probs[c]) for c in order],
@@ -154,6 +264,47 @@ class Explainer:
             )
         return method
 
+    def iter_explain(
+        self,
+        images: Iterable[ImageLike],
+        method: str = "gradcam",
+        target: int | Sequence[int] | None = None,
+        *,
+        batch_size: int = 16,
+        top_k: int = 5,
+        progress: Callable[[int, int], None] | None = None,
+        errors: str = "raise",
+        **method_options: Any,
+    ) -> Iterator[Explanation | ItemError]:
+        """Explain each image for ``target`` (None or negative: its top-1 class), batch by
+        batch: images are decoded when their batch comes and each result is handed over
+        before the next batch is read, so memory stays flat however many images there are.
+
+        ``errors="return"``: a bad input (unreadable file, or any failure of its own,
+        memory included; a failed batch is retried image by image) gives an
+        :class:`ItemError` in its place and the rest are done.  ``"raise"``: the first
+        such failure raises.  Model errors (a class out of range, a method the model
+        cannot do) always raise, before any image is read.
+        """
+        _check_errors(errors)
+        batch_size = _check_batch_size(batch_size)
+        images = _as_list(images)
+        t_all = _targets(target, len(images))
+        if self.session.num_classes is not None:
+            bad = t_all[t_all >= self.session.num_classes]
+            if bad.size:
+                raise ModelError(
+                    f"target class {int(bad[0])} out of range: the model has {self.session.num_classes} classes "
+                    f"(0..{self.session.num_classes - 1})"
+                )
+        m = self.method(method, **method_options)
+
+        def work(loaded: list[LoadedImage], index: list[int]) -> list[Explanation]:
+            return self._explain_loaded(m, method, loaded, t_all[index], batch_size, top_k, progress)
+
+        for chunk in self._chunks(images, batch_size, errors):
+            yield from self._per_item(chunk, errors, work, method)
+
     def explain(
         self,
         images: Sequence[ImageLike],
@@ -163,21 +314,20 @@ class Explainer:
         batch_size: int = 16,
         top_k: int = 5,
         progress: Callable[[int, int], None] | None = None,
+        errors: str = "raise",
         **method_options: Any,
-    ) -> list[Explanation]:
-        """Explain each image for ``target`` (None or negative: its top-1 class)."""
+    ) -> list[Explanation | ItemError]:
+        """Explain each image for ``target`` (None or negative: its top-1 class); the list
+        of :meth:`iter_explain` (which see; prefer it for many images: every heatmap here
+        is kept at full resolution until the call returns)."""
+        return list(self.iter_explain(images, method, target, batch_size=batch_size, top_k=top_k,
+                                      progress=progress, errors=errors, **method_options))
+
+    def _explain_loaded(self, m, method: str, loaded: list[LoadedImage], t: np.ndarray, batch_size: int,
+                        top_k: int, progress) -> list[Explanation]:
         start = time.perf_counter()
-        loaded, batch, geometries = self._batch(images)
+        loaded, batch, geometries = self._batch(loaded)
         n = len(loaded)
-        t = _targets(target, n)
-        if self.session.num_classes is not None:
-            bad = t[t >= self.session.num_classes]
-            if bad.size:
-                raise ModelError(
-                    f"target class {int(bad[0])} out of range: the model has {self.session.num_classes} classes "
-                    f"(0..{self.session.num_classes - 1})"
-                )
-        m = self.method(method, **method_options)
         recorder = _RecordingForward(self.session)
         if m.multi_pass:
             probs = self.session(batch, None, ["probabilities"])["probabilities"]
@@ -195,7 +345,7 @@ class Explainer:
             box = box_from_heatmap(heat, BOX_THRESHOLD)
             c = int(result.target_class[i])
             out.append(Explanation(
-                path=str(im.path) if im.path is not None else None,
+                path=display_path(im.path) if im.path is not None else None,
                 method=method,
                 target_class=c,
                 label=self.label(c),
@@ -209,6 +359,46 @@ class Explainer:
                 seconds=per_image,
             ))
         return out
+
+
+def _check_errors(errors: str) -> None:
+    if errors not in ERROR_MODES:
+        raise ValueError(f"errors must be one of {', '.join(ERROR_MODES)}, got {errors!r}")
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _as_list(images: Iterable[ImageLike]) -> list[ImageLike]:
+    if isinstance(images, (str, os.PathLike, np.ndarray, LoadedImage)):
+        return [images]  # one image, not a sequence of them
+    return images if isinstance(images, list) else list(images)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        return "not enough memory" + (f" ({text})" if text else "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _item_error(item: Any, exc: BaseException, what: str | None = None) -> ItemError:
+    """One line naming the input and the problem, for any exception."""
+    if isinstance(item, LoadedImage):
+        path = item.path
+    elif isinstance(item, (str, os.PathLike, bytes)):
+        path = item
+    else:
+        path = None
+    shown = display_path(path) if path is not None else None
+    if isinstance(exc, ImageError):
+        return ItemError(shown, str(exc), exc)
+    where = shown if shown is not None else "<array>"
+    doing = f"{what} failed: " if what else ""
+    return ItemError(shown, f"{where}: {doing}{_reason(exc)}", exc)
 
 
 class _RecordingForward:
@@ -227,7 +417,13 @@ class _RecordingForward:
 def _targets(target: int | Sequence[int] | None, n: int) -> np.ndarray:
     if target is None:
         return np.full(n, -1, dtype=np.int64)
-    t = np.asarray(target, dtype=np.int64).reshape(-1)
+    values = [target] if np.isscalar(target) or isinstance(target, int) else list(np.asarray(target).reshape(-1))
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"a target must be a class index (an integer), got {v!r}")
+        if not -(2**63) <= int(v) < 2**63:
+            raise ValueError(f"target {int(v)} is not a class index")
+    t = np.asarray([int(v) for v in values], dtype=np.int64).reshape(-1)
     if t.size == 1:
         return np.full(n, int(t[0]), dtype=np.int64)
     if t.size != n:
@@ -235,4 +431,4 @@ def _targets(target: int | Sequence[int] | None, n: int) -> np.ndarray:
     return t
 
 
-__all__ = ["Explainer", "Explanation", "Prediction"]
+__all__ = ["Explainer", "Explanation", "ItemError", "PIXEL_BUDGET", "Prediction"]
