@@ -926,5 +926,57 @@ def make_evalset(out_dir: str, n_images: int, seed: int, split: str) -> None:
                f"--boxes {Path(out_dir) / 'annotations'}")
 
 
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (127.0.0.1: this machine only; 0.0.0.0 exposes it to the network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: any free port.")
+@click.option("--name", help="Model name in the URLs [the file name without .onnx/.explain].")
+@click.option("--max-batch-size", type=click.IntRange(1, MAX_BATCH), default=None,
+              help="Images gathered from concurrent requests into one ONNX Runtime call [8].")
+@click.option("--max-delay-ms", type=click.FloatRange(0, 10000), default=None,
+              help="How long a batch waits for more requests [2].")
+@click.option("--max-queue", type=click.IntRange(1, 1_000_000), default=None,
+              help="Images waiting at most; beyond, requests get 503 + Retry-After [64].")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Batches computed at once [1].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@_threads_option
+@click.option("--token", envvar="ONNX_EXPLAIN_TOKEN", show_envvar=True,
+              help="Bearer token required on every route but the health probes.")
+@click.option("--max-body-mb", type=click.FloatRange(0.01, 4096), default=None,
+              help="Largest request body in MiB; larger ones get 413 [32].")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 86400), default=None,
+              help="Seconds a request may take before it gets 504 [60].")
+@_fail_cleanly
+def serve(model: str, host: str, port: int, name: str | None, max_batch_size: int | None,
+          max_delay_ms: float | None, max_queue: int | None, workers: int | None, device: str,
+          threads: int | None, token: str | None, max_body_mb: float | None, timeout_s: float | None) -> None:
+    """Serve an explain model over HTTP: Open Inference Protocol v2, KServe v1, POST /explain.
+
+    \b
+    Routes: /v2/health/live, /v2/health/ready, /v2/models/NAME[/ready], /v2/models/NAME/infer,
+    /v1/models/NAME:predict, /v1/models/NAME:explain, POST /explain (multipart), /metrics,
+    /docs.  Stops gracefully on SIGTERM (in-flight requests finish, exit 0).
+    """
+    try:
+        from onnx_explain.serve import config as serve_config
+        from onnx_explain.serve.server import run
+    except ImportError as err:
+        raise Failure(f"serving needs the [serve] extra (pip install 'onnx-explain[serve]'): {err}") from None
+    if not os.path.isfile(model):
+        raise Failure(f"{model}: no such model file")
+    defaults = {
+        "max_batch_size": max_batch_size, "max_delay_ms": max_delay_ms, "max_queue": max_queue, "workers": workers,
+        "timeout_s": timeout_s, "max_body_bytes": None if max_body_mb is None else int(max_body_mb * (1 << 20)),
+    }
+    try:
+        cfg = serve_config.ServeConfig(model=Path(model), name=name, host=host, port=port, device=device,
+                                       threads=threads, token=token or None,
+                                       **{k: v for k, v in defaults.items() if v is not None})
+    except ValueError as err:
+        raise Failure(str(err)) from None
+    sys.exit(run(cfg))
+
 if __name__ == "__main__":
     main()
