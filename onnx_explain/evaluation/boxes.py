@@ -27,7 +27,8 @@ import dataclasses
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
-from xml.parsers import expat
+from xml.sax import SAXParseException
+from xml.sax.handler import ContentHandler
 from xml.sax.saxutils import escape
 
 __all__ = [
@@ -114,14 +115,20 @@ class ImageAnnotation:
 
 
 class _Node:
-    __slots__ = ("tag", "attrs", "children", "text", "line")
+    __slots__ = ("tag", "attrs", "children", "parts", "line")
 
     def __init__(self, tag: str, attrs: dict, line: int):
         self.tag = tag
         self.attrs = attrs
         self.children: list[_Node] = []
-        self.text = ""
+        self.parts: list[str] = []  # text pieces, joined once: linear however many there are
         self.line = line
+
+    @property
+    def text(self) -> str:
+        if len(self.parts) != 1:
+            self.parts = ["".join(self.parts)]
+        return self.parts[0]
 
     def find(self, tag: str) -> "_Node | None":
         for c in self.children:
@@ -133,41 +140,59 @@ class _Node:
         return [c for c in self.children if c.tag == tag]
 
 
+# An annotation is a few kilobytes; anything far larger is not one (and would be held whole).
+MAX_XML_BYTES = 16 << 20
+
+
+class _Builder(ContentHandler):
+    """Elements with their line numbers (ElementTree drops them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[_Node] = []
+        self.root: list[_Node] = []
+        self.locator = None
+
+    def setDocumentLocator(self, locator) -> None:
+        self.locator = locator
+
+    def startElement(self, name, attrs) -> None:
+        node = _Node(name, dict(attrs), self.locator.getLineNumber() if self.locator else 0)
+        (self.stack[-1].children if self.stack else self.root).append(node)
+        self.stack.append(node)
+
+    def endElement(self, name) -> None:
+        self.stack.pop()
+
+    def characters(self, content) -> None:
+        if self.stack:
+            self.stack[-1].parts.append(content)
+
+
 def _parse_xml(path: Path) -> _Node:
-    """Parse XML keeping the line number of every element (ElementTree drops them)."""
+    """Parse XML with a hardened parser (defusedxml: no entity declarations, no external
+    entities or DTDs fetched), keeping the line number of every element."""
+    import defusedxml
+    import defusedxml.sax
+
     try:
+        size = path.stat().st_size
+        if size > MAX_XML_BYTES:
+            raise AnnotationError(f"{path}: {size} bytes, too large for an annotation (limit {MAX_XML_BYTES})")
         data = path.read_bytes()
     except OSError as e:
         raise AnnotationError(f"{path}: cannot read: {e.strerror or e}") from None
-    parser = expat.ParserCreate()
-    stack: list[_Node] = []
-    root: list[_Node] = []
-
-    def start(tag, attrs):
-        node = _Node(tag, attrs, parser.CurrentLineNumber)
-        if stack:
-            stack[-1].children.append(node)
-        else:
-            root.append(node)
-        stack.append(node)
-
-    def end(tag):
-        stack.pop()
-
-    def chars(text):
-        if stack:
-            stack[-1].text += text
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = chars
+    builder = _Builder()
     try:
-        parser.Parse(data, True)
-    except expat.ExpatError as e:
-        raise AnnotationError(f"{path}:{e.lineno}: not well-formed XML: {expat.ErrorString(e.code)}") from None
-    if not root:
+        defusedxml.sax.parseString(data, builder, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except SAXParseException as e:
+        raise AnnotationError(f"{path}:{e.getLineNumber()}: not well-formed XML: {e.getMessage()}") from None
+    except defusedxml.DefusedXmlException as e:
+        raise AnnotationError(f"{path}: refused: the XML declares entities or external resources ({type(e).__name__}); "
+                              "an annotation needs neither") from None
+    if not builder.root:
         raise AnnotationError(f"{path}: empty XML document")
-    return root[0]
+    return builder.root[0]
 
 
 def _number(node: _Node | None, parent: _Node, name: str, path: Path) -> float:

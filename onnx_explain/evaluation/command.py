@@ -26,6 +26,7 @@ box area is explained and only its boxes count for localization.
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import sys
 import time
@@ -36,6 +37,7 @@ import click
 import numpy as np
 
 from onnx_explain.errors import ExplainError, ModelError
+from onnx_explain.outputs import clean_stale_temporaries, for_terminal, lock_folder
 
 from .boxes import AnnotationError, Box, ImageAnnotation, load_annotations, match_annotations
 from .evaluate import EvaluationResult, evaluate
@@ -213,10 +215,10 @@ def run_evaluation(
 
     def report(path, msg: str) -> None:
         errors.append({"file": str(path), "error": msg})
-        click.echo(f"error: {msg}", err=True)
+        click.echo(f"error: {for_terminal(msg)}", err=True)
 
     def warn(msg: str) -> None:
-        click.echo(f"warning: {msg}", err=True)
+        click.echo(f"warning: {for_terminal(msg)}", err=True)
 
     annotations = load_annotations(boxes)  # AnnotationError names the file (and line)
 
@@ -300,7 +302,11 @@ def run_evaluation(
             bar.set_postfix_str(method, refresh=False)
             bar.update(done - bar.n)
 
+        created = not out_dir.exists()
+        held = contextlib.ExitStack()
         try:
+            held.enter_context(lock_folder(out_dir))  # a second run into the same --out is refused
+            clean_stale_temporaries(out_dir)
             result: EvaluationResult = evaluate(
                 explain_fn,
                 _predict_fn(ex),
@@ -319,6 +325,12 @@ def run_evaluation(
                 progress=on_progress,
                 plots=plots,
             )
+        except BaseException:
+            held.close()
+            if created:  # a run that failed leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()
+            raise
         finally:
             bar.close()
         providers = ex.session.active_providers
@@ -336,8 +348,9 @@ def run_evaluation(
         "failed": errors,
         "seconds": round(seconds, 2),
     })
-    if "summary" in result.files:  # again, now with the run's details
-        atomic_write(result.files["summary"], result.to_json())
+    with held:
+        if "summary" in result.files:  # again, now with the run's details
+            atomic_write(result.files["summary"], result.to_json())
 
     if as_json:
         click.echo(result.to_json(), nl=False)

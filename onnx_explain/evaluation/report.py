@@ -147,7 +147,9 @@ def _jsonable(v):
 
 def summary_to_json(summary: dict[str, dict], meta: dict | None = None) -> str:
     """``{"meta": {...}, "methods": {method: {metric: value}}}`` (NaN -> null)."""
-    return json.dumps(_jsonable({"meta": meta or {}, "methods": summary}), indent=2) + "\n"
+    from onnx_explain.outputs import dumps_strict
+
+    return dumps_strict(_jsonable({"meta": meta or {}, "methods": summary}), indent=2) + "\n"
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
