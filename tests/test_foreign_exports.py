@@ -174,12 +174,12 @@ def test_a_size_contradicting_the_fixed_input_is_refused():
         augment_model(plain, preprocess=contract.Preprocess(size=(96, 96)))
 
 
-@pytest.mark.parametrize(("name", "opset"), [("resnet18", 9), ("resnet18", 11), ("mobilenet_v3_small", 9),
-                                             ("efficientnet_lite0", 11)])
+@pytest.mark.parametrize(("name", "opset"), [("squeezenet1_1", 7), ("resnet18", 9), ("resnet18", 11),
+                                             ("mobilenet_v3_small", 9), ("efficientnet_lite0", 11)])
 def test_old_opsets_ending_in_softmax(name, opset):
     """Upgraded internally; the Softmax that ONNX's converter wraps in Flatten/Reshape is
     still found, so the score is the logit and the output role says probabilities."""
-    size = 64
+    size = SIZES[name]
     module = _module(name, size)
     plain = torchscript(WithSoftmax(module), size, opset=opset)
     assert plain.opset_import[0].version == opset

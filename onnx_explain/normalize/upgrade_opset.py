@@ -16,6 +16,7 @@ from onnx_explain.errors import ModelError
 MIN_OPSET = 13  # what the analysis and the rules are written for
 MAX_OPSET = 23  # newest opset the rules have been checked against
 OLDEST_CONVERTIBLE = 7
+_IR_OF_MIN_OPSET = 7
 
 
 def opset_of(model: ir.Model | onnx.ModelProto) -> int:
@@ -37,6 +38,9 @@ class UpgradeOpsetPass(ir.passes.InPlacePass):
         if opset < OLDEST_CONVERTIBLE:
             raise ModelError(f"opset {opset} is older than {OLDEST_CONVERTIBLE}, the oldest that can be upgraded")
         model.graph = ir.from_proto(upgrade_opset(ir.to_proto(model))).graph  # the converter works on protos
+        # IR versions below 4 (what opset 7-8 files carry) want every initializer listed as an
+        # input too; opset 13 needs IR 7, the version the converter does not raise.
+        model.ir_version = max(model.ir_version or 0, _IR_OF_MIN_OPSET)
         return ir.passes.PassResult(model, modified=True)
 
 
