@@ -40,6 +40,8 @@ METHOD_OPTIONS: dict[str, dict[str, tuple[type, Any, Any]]] = {
     "integrated_gradients": {"n_steps": (int, 1, 256), "method": (str, None, None)},
     "scorecam": {"weighting": (str, None, None)},
 }
+#: Methods that draw random noise: their batches never mix requests (see ``v1.explain_key``).
+STOCHASTIC_METHODS = frozenset({"smoothgrad"})
 #: Pruned sessions kept for Open Inference Protocol output sets beyond the warmed ones.
 MAX_EXTRA_SESSIONS = 16
 

@@ -18,7 +18,7 @@ from onnx_explain.serve import schemas
 from onnx_explain.serve.errors import bad_request
 from onnx_explain.serve.render import overlay_png
 from onnx_explain.serve.state import ServerState
-from onnx_explain.serve.v1 import methods_of, run_explain, targets_of, top_k_of
+from onnx_explain.serve.v1 import explain_key, methods_of, run_explain, targets_of, top_k_of
 
 router = APIRouter(tags=["For people"])
 
@@ -61,7 +61,7 @@ async def explain_upload(
     want_png = "image/png" in request.headers.get("accept", "").lower()
     want = {"want_map": not want_png, "want_heatmap": heatmap and not want_png, "want_overlay": False}
     if want_png:
-        results = [await state.submit(request, ("explain", methods[0], ()), 1, ([loaded], targets, k))]
+        results = [await state.submit(request, explain_key(methods[0], {}), 1, ([loaded], targets, k))]
         png = await run_in_threadpool(overlay_png, loaded, results[0][0])
         return Response(png, media_type="image/png")
     doc = await run_explain(state, request, [loaded], methods, targets, k, {m: {} for m in methods}, want)

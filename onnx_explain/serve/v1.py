@@ -21,6 +21,7 @@ from onnx_explain.images import LoadedImage
 from onnx_explain.methods import METHODS
 from onnx_explain.serve import schemas
 from onnx_explain.serve.errors import bad_request, quoted
+from onnx_explain.serve.model import STOCHASTIC_METHODS
 from onnx_explain.serve.render import explanation_json, prediction_json
 from onnx_explain.serve.state import ServerState
 from onnx_explain.serve.v2 import parse_json
@@ -65,7 +66,8 @@ async def _read(request: Request, model_name: str) -> tuple[ServerState, dict]:
     return state, doc
 
 
-async def decode_instances(state: ServerState, doc: dict) -> list[LoadedImage]:
+def instances_of(state: ServerState, doc: dict) -> list[dict]:
+    """The request's ``instances`` (or ``inputs``), each ``{"b64": ...}``, checked."""
     instances = doc.get("instances", doc.get("inputs"))
     if not isinstance(instances, list) or not instances:
         raise bad_request("'instances' must be a non-empty list of {\"b64\": \"<base64 image>\"}")
@@ -76,6 +78,10 @@ async def decode_instances(state: ServerState, doc: dict) -> list[LoadedImage]:
         if not isinstance(inst, dict) or set(inst) != {"b64"}:
             raise bad_request(f"instance {i}: expected {{\"b64\": \"<base64 image file>\"}}; "
                               "images are sent in the request, never named by path or URL")
+    return instances
+
+
+async def decode_instances(state: ServerState, instances: list[dict]) -> list[LoadedImage]:
     async with state.decode_slots:
         return await run_in_threadpool(
             lambda: [state.decoder.decode_b64(inst["b64"], f"instance {i}") for i, inst in enumerate(instances)]
@@ -143,7 +149,7 @@ async def predict(request: Request, model_name: str) -> dict:
     state, doc = await _read(request, model_name)
     params = doc.get("parameters") or {}
     k = top_k_of(state, params)
-    images = await decode_instances(state, doc)
+    images = await decode_instances(state, instances_of(state, doc))
     preds = await state.submit(request, ("predict",), len(images), (images, k))
     return {"predictions": [prediction_json(p, k) for p in preds]}
 
@@ -160,10 +166,19 @@ async def explain(request: Request, model_name: str) -> JSONResponse:
     want = {"want_map": _flag(params, "map", True), "want_heatmap": _flag(params, "heatmap", False),
             "want_overlay": _flag(params, "overlay", False)}
     options = options_of(state, methods, params.get("options"))
-    images = await decode_instances(state, doc)
-    targets = targets_of(state, params.get("target"), len(images))
+    instances = instances_of(state, doc)
+    targets = targets_of(state, params.get("target"), len(instances))
+    images = await decode_instances(state, instances)
     doc_out = await run_explain(state, request, images, methods, targets, k, options, want)
     return JSONResponse(doc_out)
+
+
+def explain_key(method: str, options: dict) -> tuple:
+    """Batch key: requests for the same method and options share model calls.  A method
+    drawing random noise (SmoothGrad) gets a key of its own per request, so that its
+    answer never depends on which other requests arrived at the same time."""
+    alone = object() if method in STOCHASTIC_METHODS else None
+    return ("explain", method, tuple(sorted(options.items())), alone)
 
 
 async def run_explain(state: ServerState, request: Request, images: list[LoadedImage], methods: list[str],
@@ -171,7 +186,7 @@ async def run_explain(state: ServerState, request: Request, images: list[LoadedI
     """Each method is its own batch item, batched with other requests' for the same method."""
     results = []
     for m in methods:
-        key = ("explain", m, tuple(sorted(options[m].items())))
+        key = explain_key(m, options[m])
         results.append(await state.submit(request, key, len(images), (images, targets, k)))
     first = results[0]
 
