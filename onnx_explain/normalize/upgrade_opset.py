@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
 from onnx_explain.errors import ModelError
 
@@ -38,8 +39,11 @@ class UpgradeOpsetPass(ir.passes.InPlacePass):
         if opset < OLDEST_CONVERTIBLE:
             raise ModelError(f"opset {opset} is older than {OLDEST_CONVERTIBLE}, the oldest that can be upgraded")
         model.graph = ir.from_proto(upgrade_opset(ir.to_proto(model))).graph  # the converter works on protos
-        # IR versions below 4 (what opset 7-8 files carry) want every initializer listed as an
-        # input too; opset 13 needs IR 7, the version the converter does not raise.
+        if (model.ir_version or 0) < 4:
+            # IR 3 (opset 7-8 files) lists every initializer as an input too, and means them as
+            # constants; from IR 4 such an input is an overridable initializer, which ONNX Runtime
+            # may not fold or fuse. Opset 13 needs IR 7, which the converter does not raise.
+            RemoveInitializersFromInputsPass()(model)
         model.ir_version = max(model.ir_version or 0, _IR_OF_MIN_OPSET)
         return ir.passes.PassResult(model, modified=True)
 
