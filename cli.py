@@ -633,15 +633,14 @@ def _output_stem(path: str | None, used: set[str], room: int = 200) -> str:
     bytes so that "<stem>-<n>.<method>.npy" stays a legal file name, made unique."""
     from onnx_explain.outputs import safe_name
 
-    stem = safe_name(Path(path).stem) if path else "image"
-    raw = stem.encode("utf-8")
-    if len(raw) > room:
-        stem = raw[:room].decode("utf-8", "ignore")
-    stem = stem or "image"
+    def cut(text: str, size: int) -> str:
+        return text.encode("utf-8")[:size].decode("utf-8", "ignore")
+
+    stem = cut(safe_name(Path(path).stem) if path else "image", room) or "image"
     name, k = stem, 1
     while name in used:
         k += 1
-        name = f"{stem}-{k}"
+        name = cut(stem, room - len(f"-{k}")) + f"-{k}"
     used.add(name)
     return name
 
@@ -675,7 +674,7 @@ def run_explain(model: str, images: tuple[str, ...], methods: list[str], target:
         _echo_err(f"error: {for_terminal(msg)}")
 
     fatal_errno = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
-    room = NAME_MAX - max(len(f".{m}.png") for m in methods) - len(".npy") - 8
+    room = NAME_MAX - max(len(f".{m}.png".encode()) for m in methods)  # .npy: as long
     t_start = time.perf_counter()
     with Explainer(model, device=device, threads=threads, max_pixels=max_pixels or DEFAULT_MAX_PIXELS) as ex, \
             contextlib.ExitStack() as held:
