@@ -107,4 +107,5 @@ def b64(path: Path | bytes) -> str:
 def config(model: Path, **kwargs) -> ServeConfig:
     kwargs.setdefault("access_log", False)
     kwargs.setdefault("name", "tiny")
-    return ServeConfig(model=model, host=LOOPBACK, port=0, device="cpu", threads=1, **kwargs)
+    kwargs.setdefault("threads", 1)
+    return ServeConfig(model=model, host=LOOPBACK, port=0, device="cpu", **kwargs)
