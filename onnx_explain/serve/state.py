@@ -40,7 +40,7 @@ class ServerState:
         self.config = config
         self.metrics = Metrics()
         self.model = ServedModel(config)
-        self.decoder = ImageDecoder()
+        self.decoder: ImageDecoder | None = None  # its scratch folder is made on start
         self.batcher = Batcher(
             self.model.run,
             max_batch_size=config.max_batch_size,
@@ -56,6 +56,7 @@ class ServerState:
 
     # ------------------------------------------------------------------ life
     async def start(self) -> None:
+        self.decoder = ImageDecoder()
         await self.batcher.start()
         self._loader = threading.Thread(target=self._load, name="onnx-explain-load", daemon=True)
         self._loader.start()
@@ -72,7 +73,8 @@ class ServerState:
     async def stop(self) -> None:
         await self.batcher.stop()
         self.model.close()
-        self.decoder.close()
+        if self.decoder is not None:
+            self.decoder.close()
 
     # ------------------------------------------------------------------ checks
     def require_model(self, name: str, version: str | None = None) -> None:
