@@ -179,8 +179,11 @@ MAX_LABELS = 1_000_000
 MAX_TEXT = 4096  # names: version, layer, output names
 
 _NAME = {"type": "string", "maxLength": MAX_TEXT}
-_FINITE = {"type": "number"}  # numbers are always finite here: JSON has no NaN / Infinity
-_CHANNEL_VALUES = {"anyOf": [_FINITE, {"type": "array", "items": _FINITE, "minItems": 1, "maxItems": 4}]}
+# Numbers are always finite here (JSON has no NaN / Infinity), and bounded so that
+# (pixel * scale - mean) / std stays a finite float32.
+_VALUE = {"type": "number", "minimum": -1_000_000, "maximum": 1_000_000}
+_CHANNEL_VALUES = {"anyOf": [_VALUE, {"type": "array", "items": _VALUE, "minItems": 1, "maxItems": 4}]}
+_STD = {"type": "number", "minAbs": 1e-6, "maxAbs": 1_000_000}
 _SIDE = {"type": "integer", "minimum": 1, "maximum": MAX_SIDE}
 
 PREPROCESS_SCHEMA: dict[str, Any] = {
@@ -191,8 +194,7 @@ PREPROCESS_SCHEMA: dict[str, Any] = {
         "color": {"enum": ["RGB", "BGR", "GRAY"]},
         "scale": {"type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000},
         "mean": _CHANNEL_VALUES,
-        "std": {"anyOf": [{"type": "number", "not": 0},
-                          {"type": "array", "items": {"type": "number", "not": 0}, "minItems": 1, "maxItems": 4}]},
+        "std": {"anyOf": [_STD, {"type": "array", "items": _STD, "minItems": 1, "maxItems": 4}]},
         "resize": {"enum": ["stretch", "center_crop", "letterbox"]},
         "resize_shorter": {"anyOf": [{"type": "null"}, _SIDE]},
         "pad_value": _CHANNEL_VALUES,
@@ -270,8 +272,8 @@ def _describe(schema: dict[str, Any]) -> str:
         bounds.append(f"> {schema['exclusiveMinimum']}")
     if "maximum" in schema and "minimum" not in schema:
         bounds.append(f"<= {schema['maximum']:g}")
-    if "not" in schema:
-        bounds.append(f"other than {schema['not']}")
+    if "minAbs" in schema:
+        bounds.append(f"of magnitude {schema['minAbs']:g}..{schema['maxAbs']:g}")
     if "maxLength" in schema:
         bounds.append(f"of at most {schema['maxLength']} characters")
     return " ".join([text, " and ".join(bounds)]) if bounds else text
@@ -301,7 +303,8 @@ def _check(value: Any, schema: dict[str, Any], path: str) -> None:
     ok = _TYPES[kind](value) if kind else True
     if ok and kind in ("integer", "number"):
         ok = (value >= schema.get("minimum", -math.inf) and value <= schema.get("maximum", math.inf)
-              and value > schema.get("exclusiveMinimum", -math.inf) and ("not" not in schema or value != schema["not"]))
+              and value > schema.get("exclusiveMinimum", -math.inf)
+              and schema.get("minAbs", 0) <= abs(value) <= schema.get("maxAbs", math.inf))
     if ok and kind == "string":
         ok = len(value) <= schema.get("maxLength", math.inf)
     if ok and kind == "array":
@@ -348,14 +351,22 @@ def validate_metadata(values: dict[str, str], where: str = "model") -> dict[str,
         except _Invalid as e:
             raise ModelError(f"{where}: metadata {e}") from None
         if key == "preprocess":
-            _check_preprocess_channels(value, where, name)
+            _check_preprocess_relations(value, where, name)
         out[key] = value
     return out
 
 
-def _check_preprocess_channels(value: dict[str, Any], where: str, name: str) -> None:
+def _check_preprocess_relations(value: dict[str, Any], where: str, name: str) -> None:
     channels = 1 if value.get("color") == "GRAY" else 3
     for key in ("mean", "std", "pad_value"):
         v = value.get(key)
         if isinstance(v, list) and len(v) not in (1, channels):
             raise ModelError(f"{where}: metadata {name}: {key} has {len(v)} values for a {channels}-channel input")
+    size = value.get("size", 224)
+    largest = max(size) if isinstance(size, list) else size
+    shorter = value.get("resize_shorter")
+    if shorter is not None and shorter > 8 * largest:
+        # every image would be enlarged to this before the crop: 16384 on a 32x32 input is
+        # a 1.2 GB picture per image
+        raise ModelError(f"{where}: metadata {name}.resize_shorter {shorter} is more than 8x the input size "
+                         f"({largest})")
