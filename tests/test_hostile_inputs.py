@@ -557,3 +557,47 @@ def test_threads_sharing_a_fresh_explainer_build_one_session(tiny, good_image, m
             t.join()
     assert len(built) == 1
     assert all(g == got[0] for g in got)
+
+
+def _model_through(kind: str) -> onnx.ModelProto:
+    """Conv -> <an operator shape inference cannot see through> -> ReLU -> GAP -> Gemm."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 8)).astype(np.float32), "w3")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv")]
+    opsets = [helper.make_opsetid("", 17)]
+    if kind == "custom":
+        nodes.append(helper.make_node("Weird", ["c1"], ["u"], domain="com.example", name="weird"))
+        opsets.append(helper.make_opsetid("com.example", 1))
+    else:
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Relu", ["v_in"], ["v_out"])],
+            "body",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+        inits += [numpy_helper.from_array(np.array(1, np.int64), "M"), numpy_helper.from_array(np.array(True), "cond")]
+        nodes.append(helper.make_node("Loop", ["M", "cond", "c1"], ["u"], body=body, name="loop"))
+    nodes += [helper.make_node("Relu", ["u"], ["r"], name="relu"),
+              helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+              helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "w3"], ["logits"], transB=1, name="head")]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+@pytest.mark.parametrize("kind,op,words", [("custom", "Weird", "domain 'com.example'"), ("loop", "Loop", "node 'loop'")])
+def test_an_operator_hiding_shapes_is_blamed_itself(tmp_path, kind, op, words):
+    path = tmp_path / f"{kind}.onnx"
+    onnx.save(_model_through(kind), str(path))
+    r = invoke("augment", path, "-o", tmp_path / "out.onnx")
+    assert r.exit_code == 2, r.output
+    (line,) = error_lines(r.output)
+    assert f"operator {op!r}" in line and words in line, line
+    assert "GlobalAveragePool' (node" not in line
+    assert not (tmp_path / "out.onnx").exists()

@@ -11,6 +11,20 @@ from onnx_explain.autodiff.emitter import Emitter, numpy_dtype
 from onnx_explain.errors import UnsupportedOperatorError
 
 
+def _where_shapes_stop(value: ir.Value) -> ir.Node | None:
+    """The node upstream of ``value`` where shapes became unknown: the first one whose
+    produced inputs all have known shapes while an output does not."""
+    seen: set[int] = set()
+    node = value.producer()
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        unknown = [v for v in node.inputs if v is not None and v.shape is None and v.producer() is not None]
+        if not unknown:
+            return node
+        node = unknown[0].producer()
+    return None
+
+
 class RuleContext:
     """Inputs of a rule.
 
@@ -53,6 +67,17 @@ class RuleContext:
     def shape(self, value: ir.Value) -> list[int | None]:
         """Static dims of ``value`` (``None`` where dynamic); error when rank is unknown."""
         if value.shape is None:
+            origin = _where_shapes_stop(value)
+            if origin is not None and origin is not self.node:
+                # the node that hides the shape is the one to name (a Loop, an If, a custom op),
+                # not this one, which only needs it
+                out = next((o for o in origin.outputs if o.shape is None), origin.outputs[0])
+                domain = f" of domain {origin.domain!r}" if origin.domain not in ("", "ai.onnx") else ""
+                raise UnsupportedOperatorError(
+                    origin.op_type, origin.name or "",
+                    f"the operator{domain} gives {out.name!r} with no known shape (shape inference does not see "
+                    f"through it), so the {self.node.op_type} after it cannot be differentiated; choose a target "
+                    "layer after it (--layer)")
             raise self.unsupported(f"the shape of {value.name!r} is unknown (run shape inference / give static input sizes)")
         return [d if isinstance(d, int) else None for d in value.shape]
 
