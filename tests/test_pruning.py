@@ -51,17 +51,18 @@ def _pool_outputs(model: onnx.ModelProto) -> list[int]:
 
 
 def test_gradcam_run_keeps_maxpool_without_indices(rng):
-    """The input gradient reads MaxPool's arg-max; Grad-CAM's inputs do not need it, and a
-    MaxPool that still returned it would not run in ONNX Runtime's NCHWc layout."""
+    """The input gradient reads MaxPool's arg-max from a twin MaxPool in the gradient graph;
+    the forward MaxPool never returns it (it would not run in ONNX Runtime's NCHWc layout),
+    and Grad-CAM's inputs do not need the twin."""
     explain = augment_model(_pool_net(rng), input_gradients=True)
-    assert _pool_outputs(explain) == [2]
+    assert _pool_outputs(explain) == [1, 2]
     x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
     feeds = {"input": x, contract.TARGET: np.array([1, -1], dtype=np.int64)}
     cam_outputs = [contract.ACTIVATIONS, contract.GRAD_ACTIVATIONS, "logits"]
     cam = prune(explain, ["input", contract.TARGET], cam_outputs)
     assert _pool_outputs(cam) == [1]
     full = prune(explain, ["input", contract.TARGET], cam_outputs + [contract.GRAD_INPUT])
-    assert _pool_outputs(full) == [2]
+    assert _pool_outputs(full) == [1, 2]
     for a, b in zip(_run(cam, feeds), _run(full, feeds)[:3]):
         np.testing.assert_array_equal(a, b)
 
