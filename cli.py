@@ -938,9 +938,11 @@ def make_evalset(out_dir: str, n_images: int, seed: int, split: str) -> None:
               help="How long a batch waits for more requests [2].")
 @click.option("--max-queue", type=click.IntRange(1, 1_000_000), default=None,
               help="Images waiting at most; beyond, requests get 503 + Retry-After [64].")
-@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Batches computed at once [1].")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Batches computed at once, each in its own thread [2].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@_threads_option
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS),
+              help="ONNX Runtime threads per model call [the cores shared out among the workers].")
 @click.option("--token", envvar="ONNX_EXPLAIN_TOKEN", show_envvar=True,
               help="Bearer token required on every route but the health probes.")
 @click.option("--max-body-mb", type=click.FloatRange(0.01, 4096), default=None,

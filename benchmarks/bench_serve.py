@@ -170,7 +170,8 @@ def main() -> None:
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="ONNX Runtime threads")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                        help="ONNX Runtime threads of the in-process loop [the cores]")
     parser.add_argument("--server-args", default="", help="extra `onnx-explain serve` options, e.g. '--workers 2'")
     parser.add_argument("--sweep", action="store_true", help="batching against none, at C = 16")
     args = parser.parse_args()
@@ -201,7 +202,7 @@ def main() -> None:
     loop = in_process(model, images, args.method, args.threads, args.requests)
     print(f"\nin-process Explainer loop (one image per call, {args.requests} calls): {loop:.1f} images/s\n", flush=True)
 
-    server = Server(model, log, "--threads", str(args.threads), *args.server_args.split())
+    server = Server(model, log, *args.server_args.split())  # the server's defaults unless told
     try:
         drive(server.port, bodies, max(levels), max(50, 4 * max(levels)))  # warm-up burst
         before = server.rss()
@@ -241,8 +242,14 @@ SWEEP = [  # (label, serve options)
     ("batch <= 8, 2 ms, 1 worker x 2 threads", ["--max-batch-size", "8", "--max-delay-ms", "2", "--threads", "2"]),
     ("batch <= 8, 10 ms, 1 worker x 2 threads", ["--max-batch-size", "8", "--max-delay-ms", "10", "--threads", "2"]),
     ("batch <= 16, 2 ms, 1 worker x 2 threads", ["--max-batch-size", "16", "--max-delay-ms", "2", "--threads", "2"]),
+    ("batch <= 4, 2 ms, 2 workers x 1 thread", ["--max-batch-size", "4", "--max-delay-ms", "2", "--workers", "2",
+                                                 "--threads", "1"]),
     ("batch <= 8, 2 ms, 2 workers x 1 thread", ["--max-batch-size", "8", "--max-delay-ms", "2", "--workers", "2",
                                                  "--threads", "1"]),
+    ("batch <= 8, 10 ms, 2 workers x 1 thread", ["--max-batch-size", "8", "--max-delay-ms", "10", "--workers", "2",
+                                                  "--threads", "1"]),
+    ("batch <= 16, 2 ms, 2 workers x 1 thread", ["--max-batch-size", "16", "--max-delay-ms", "2", "--workers", "2",
+                                                  "--threads", "1"]),
 ]
 
 

@@ -59,7 +59,7 @@ def _until(predicate, timeout: float = 10.0) -> None:
 
 
 def test_full_queue_answers_503_and_never_grows(tiny, logits):
-    with running(config(tiny.explain, max_queue=2, max_batch_size=1, max_delay_ms=0)) as srv:
+    with running(config(tiny.explain, max_queue=2, max_batch_size=1, max_delay_ms=0, workers=1)) as srv:
         batcher = srv.state.batcher
         gate = Gate(batcher)
         xs = [_x(i) for i in range(8)]
@@ -91,7 +91,7 @@ def test_full_queue_answers_503_and_never_grows(tiny, logits):
 
 
 def test_client_disconnect_drops_its_work_and_harms_nobody(tiny, logits):
-    with running(config(tiny.explain, max_batch_size=1, max_delay_ms=0)) as srv:
+    with running(config(tiny.explain, max_batch_size=1, max_delay_ms=0, workers=1)) as srv:
         batcher = srv.state.batcher
         gate = Gate(batcher)
         a, b, c_ = _x(11), _x(12), _x(13)
@@ -119,7 +119,7 @@ def test_client_disconnect_drops_its_work_and_harms_nobody(tiny, logits):
 
 
 def test_request_timeout_504(tiny, logits):
-    with running(config(tiny.explain, max_batch_size=1, max_delay_ms=0, timeout_s=0.5)) as srv:
+    with running(config(tiny.explain, max_batch_size=1, max_delay_ms=0, timeout_s=0.5, workers=1)) as srv:
         gate = Gate(srv.state.batcher)
         with srv.client() as c:
             start = time.monotonic()

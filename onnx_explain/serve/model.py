@@ -62,7 +62,7 @@ class ServedModel:
     def load(self) -> None:
         """Load and warm the model (in a thread: the server answers health probes meanwhile)."""
         start = time.perf_counter()
-        ex = Explainer(self.config.model, device=self.config.device, threads=self.config.threads)
+        ex = Explainer(self.config.model, device=self.config.device, threads=self.config.ort_threads)
         self.explainer = ex
         session = ex.session
         self.session = session
