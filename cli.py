@@ -161,6 +161,71 @@ def main(ctx: click.Context, debug: bool) -> None:
 # ----------------------------------------------------------------------------- export
 
 
+_OUTPUT_NAMES = ("target_class, score, activations, grad_activations, grad_input, guided_grad_input, gradcam, "
+                 "gradcam_plusplus, layercam, probabilities, top_k")
+
+
+def _explain_outputs_options(fn: Callable) -> Callable:
+    """--outputs, --on-demand/--always, --pixels, --top-k (export and augment)."""
+    options = [
+        click.option("--outputs", metavar="LIST",
+                     help="Exactly these outputs (comma-separated) besides the model's own: " + _OUTPUT_NAMES
+                          + ". E.g. --outputs gradcam,probabilities,top_k --pixels for a lean file a browser or "
+                          "phone runs at the cost of a prediction. [target_class, score, activations, "
+                          "grad_activations, grad_input, guided_grad_input, gradcam; or as the two switches above say]"),
+        click.option("--on-demand/--always", default=True, show_default=True,
+                     help="grad_input / guided_grad_input only when the run feeds the flag input "
+                          "compute_grad_input / compute_guided_grad_input = true (else they come back with 0 rows), "
+                          "so that a consumer that runs every node (plain ONNX Runtime, onnxruntime-web, Triton) pays "
+                          "a prediction for Grad-CAM; or on every run. The Python runtime computes what it asks for "
+                          "either way."),
+        click.option("--pixels", is_flag=True,
+                     help="Preprocessing in the graph: the image input becomes pixels, uint8 N x H x W x 3 RGB at the "
+                          "model's input size (resizing stays with the consumer)."),
+        click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True,
+                     help="How many classes the top_k output gives."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _outputs_request(outputs: str | None, input_gradients: bool, gradcam: bool) -> dict[str, Any]:
+    """The augmenter's output arguments from the command line's: --outputs is the exact set
+    and cannot be combined with --[no-]input-gradients / --[no-]gradcam given explicitly."""
+    if outputs is None:
+        return dict(input_gradients=input_gradients, guided=input_gradients, gradcam=gradcam)
+    ctx = click.get_current_context()
+    given = [f"--{'' if ctx.params.get(name) else 'no-'}{name.replace('_', '-')}"
+             for name in ("input_gradients", "gradcam")
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise Failure(f"--outputs is the exact set of outputs: leave out {' and '.join(given)}")
+    from onnx_explain.augment import output_choices
+
+    names = [n.strip() for n in outputs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in output_choices()]
+    if unknown or not names:
+        raise Failure(f"--outputs: {'unknown output ' + repr(unknown[0]) if unknown else 'no output named'}; "
+                      f"choose from {_OUTPUT_NAMES}")
+    return dict(outputs=names, input_gradients=False, guided=False, gradcam=False)
+
+
+def _describe_outputs(proto) -> str:
+    """One line: the added outputs, which are on demand, the image input."""
+    from onnx_explain import contract
+    from onnx_explain.gates import read_gates
+
+    meta = contract.ExplainMetadata.from_props({p.key: p.value for p in proto.metadata_props}) or contract.ExplainMetadata()
+    gates = read_gates(proto)
+    own = {v for k, v in meta.outputs.items() if k in ("logits", "probabilities")}
+    names = [o.name + (f" (on demand: {gates[o.name]}=true)" if o.name in gates else "")
+             for o in proto.graph.output if o.name not in own]
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in inits]
+    return f"inputs {', '.join(inputs)}; outputs {', '.join(names)}"
+
+
 @main.command()
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), required=True, help="Explain model to write (.onnx).")
@@ -173,9 +238,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--gradcam/--no-gradcam", default=True, show_default=True, help="Add the in-graph Grad-CAM map.")
 @click.option("--opset", type=click.IntRange(13, 21), default=18, show_default=True,
               help="ONNX opset of the exported model.")
+@_explain_outputs_options
 @_fail_cleanly
 def export(model: str, out: str, weights: str | None, input_size: int | None, layer: str | None,
-           input_gradients: bool, gradcam: bool, opset: int) -> None:
+           input_gradients: bool, gradcam: bool, opset: int, outputs: str | None, on_demand: bool, pixels: bool,
+           top_k: int) -> None:
     """Export a PyTorch model to an explain model (needs torch).
 
     MODEL is a built-in name (see below) or "package.module:factory", a callable that
@@ -188,8 +255,8 @@ def export(model: str, out: str, weights: str | None, input_size: int | None, la
     except ImportError as exc:
         raise Failure(f"export needs torch ({exc}); install with: pip install 'onnx-explain[export]'") from None
     t0 = time.perf_counter()
-    kwargs: dict[str, Any] = dict(weights=weights, layer=layer, input_gradients=input_gradients,
-                                  guided=input_gradients, gradcam=gradcam, opset=opset)
+    kwargs: dict[str, Any] = dict(weights=weights, layer=layer, opset=opset, on_demand=on_demand, pixels=pixels,
+                                  top_k=top_k, **_outputs_request(outputs, input_gradients, gradcam))
     if input_size:
         kwargs["input_size"] = input_size
     result = export_model(model, out, **kwargs)
@@ -198,6 +265,7 @@ def export(model: str, out: str, weights: str | None, input_size: int | None, la
     meta = contract.ExplainMetadata.from_props({p.key: p.value for p in result.model.metadata_props})
     layer_name = meta.target_layer + (f" = {result.module_path}" if result.module_path else "")
     click.echo(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB, target layer {layer_name}) in {time.perf_counter() - t0:.1f} s")
+    click.echo(_describe_outputs(result.model))
 
 
 # ----------------------------------------------------------------------------- augment
@@ -309,10 +377,12 @@ Examples:
 @click.option("--pad-align", type=click.Choice(["center", "topleft"]),
               help="Where the image sits on a padded input: centred, or in the top-left corner with the padding "
                    "on the right and below (text recognition models). [center]")
+@_explain_outputs_options
 @_fail_cleanly
 def augment(model: str, out: str, layer: str | None, input_gradients: bool, gradcam: bool, labels: str | None,
             size: str | None, mean: str | None, std: str | None, scale: float | None, color: str | None,
-            resize: str | None, resize_shorter: int | None, pad_value: str | None, pad_align: str | None) -> None:
+            resize: str | None, resize_shorter: int | None, pad_value: str | None, pad_align: str | None,
+            outputs: str | None, on_demand: bool, pixels: bool, top_k: int) -> None:
     """Rewrite any ONNX image classifier into an explain model (no torch needed).
 
     Adds the `target` input and the `target_class`, `score`, `activations`,
@@ -405,8 +475,8 @@ def augment(model: str, out: str, layer: str | None, input_gradients: bool, grad
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SmallTargetLayerWarning)
-        explain = augment_model(plain, layer=layer, input_gradients=input_gradients, guided=input_gradients,
-                                gradcam=gradcam, preprocess=pre, labels=names)
+        explain = augment_model(plain, layer=layer, preprocess=pre, labels=names, on_demand=on_demand, pixels=pixels,
+                                top_k=top_k, **_outputs_request(outputs, input_gradients, gradcam))
     for w in caught:
         if issubclass(w.category, SmallTargetLayerWarning):
             click.echo(f"warning: {model}: {w.message}", err=True)
@@ -423,6 +493,7 @@ def augment(model: str, out: str, layer: str | None, input_gradients: bool, grad
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     write_bytes(out, explain.SerializeToString())
     click.echo(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+    click.echo(_describe_outputs(explain))
 
 
 def _labels_in_metadata(props: dict[str, str], classes: int) -> tuple[list[str] | None, str | None]:

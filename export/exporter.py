@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +174,18 @@ def export_model(model: str | nn.Module, out_path: str | Path | None = None, *,
                  layer: str | None = None, input_gradients: bool = True, guided: bool = True,
                  gradcam: bool = True, opset: int = 18, dynamo: bool = True, keep_batchnorm: bool = False,
                  preprocess: Preprocess | None = None, labels: list[str] | None = None,
-                 model_kwargs: dict[str, Any] | None = None, verbose: bool = False) -> ExportResult:
+                 model_kwargs: dict[str, Any] | None = None, verbose: bool = False,
+                 outputs: Sequence[str] | None = None, on_demand: bool = False, pixels: bool = False,
+                 top_k: int = 5) -> ExportResult:
     """Export ``model`` to an explain model: :func:`export_plain`, then the augmenter.
 
     ``layer``: the target layer as a torch module path (``layer4``, ``features.denseblock4``,
     ``_blocks.15``) or an ONNX value name of the plain graph; ``None`` lets the augmenter
     choose. A module path is translated into the value holding that module's output.
+
+    ``outputs`` (the exact set of added outputs; then leave ``input_gradients`` / ``guided``
+    / ``gradcam`` out), ``on_demand``, ``pixels`` and ``top_k`` are the augmenter's
+    (:func:`onnx_explain.augment.augment_model`).
     """
     from onnx_explain.augment import augment_model
 
@@ -190,8 +196,10 @@ def export_model(model: str | nn.Module, out_path: str | Path | None = None, *,
     if layer is not None:
         value = translate_layer(plain.model, plain.module, layer)
         module_path = layer if layer in dict(plain.module.named_modules()) else None
+    if outputs is not None:  # the exact set: the switches' defaults do not add to it
+        input_gradients = guided = gradcam = False
     explain = augment_model(plain.model, layer=value, input_gradients=input_gradients, guided=guided,
-                            gradcam=gradcam)
+                            gradcam=gradcam, outputs=outputs, on_demand=on_demand, pixels=pixels, top_k=top_k)
     path = save(explain, out_path) if out_path is not None else None
     return dataclasses.replace(plain, model=explain, path=path, layer=value, module_path=module_path)
 

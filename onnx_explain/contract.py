@@ -29,6 +29,22 @@ GRADCAM = "gradcam"  # N x H x W in [0, 1]
 
 OPTIONAL_OUTPUTS = (GRAD_INPUT, GUIDED_GRAD_INPUT, GRADCAM)
 
+# In-graph outputs for consumers with no Python (augment --outputs / --pixels).
+GRADCAM_PLUSPLUS = "gradcam_plusplus"  # N x H x W in [0, 1]: Grad-CAM++ at input size
+LAYERCAM = "layercam"  # N x H x W in [0, 1]: LayerCAM at input size
+PROBABILITIES = "probabilities"  # N x classes: softmax of the logits (metadata role "softmax")
+TOP_K = "top_k"  # shorthand in --outputs for the next two
+TOP_K_VALUES = "top_k_values"  # N x k: the k largest probabilities, largest first
+TOP_K_INDICES = "top_k_indices"  # N x k, int64: their classes
+SOFTMAX_ROLE = "softmax"  # metadata role of PROBABILITIES ("probabilities" is the model's own output's role)
+IN_GRAPH_MAPS = (GRADCAM, GRADCAM_PLUSPLUS, LAYERCAM)
+#: Every output the augmenter can add, in the order it adds them (``augment --outputs``).
+ALL_OUTPUTS = (TARGET_CLASS, SCORE, ACTIVATIONS, GRAD_ACTIVATIONS, GRAD_INPUT, GUIDED_GRAD_INPUT,
+               GRADCAM, GRADCAM_PLUSPLUS, LAYERCAM, PROBABILITIES, TOP_K_VALUES, TOP_K_INDICES)
+#: Outputs computed only when their flag input ``compute_<name>`` is true (files written on demand).
+ON_DEMAND_OUTPUTS = (GRAD_INPUT, GUIDED_GRAD_INPUT)
+PIXELS = "pixels"  # N x H x W x 3 uint8 RGB image input of a file written with --pixels
+
 
 @dataclasses.dataclass
 class Preprocess:

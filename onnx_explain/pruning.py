@@ -16,9 +16,16 @@ from typing import Sequence
 import onnx
 from onnx import defs
 
+from onnx_explain.gates import inline_gates
+
 
 def prune(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str]) -> onnx.ModelProto:
-    """The subgraph from ``inputs`` to ``outputs``, without unread optional node outputs."""
+    """The subgraph from ``inputs`` to ``outputs``, without unread optional node outputs.
+
+    Outputs a file computes on demand (behind a flag input, :mod:`onnx_explain.gates`) are
+    computed unconditionally in the pruned graph: their branch is spliced back in first.
+    """
+    model = inline_gates(model, outputs)
     pruned = onnx.utils.Extractor(model).extract_model(list(inputs), list(outputs))
     _drop_unread_optional_outputs(pruned)
     return pruned
