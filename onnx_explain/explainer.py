@@ -341,7 +341,8 @@ class Explainer:
         per_image = (time.perf_counter() - start) / max(n, 1)
         out = []
         for i, (im, geo) in enumerate(zip(loaded, geometries)):
-            heat = np.clip(geo.to_original(maps01[i]), 0.0, 1.0)
+            heat = np.asarray(geo.to_original(maps01[i]), dtype=np.float32)
+            np.clip(heat, 0.0, 1.0, out=heat)
             box = box_from_heatmap(heat, BOX_THRESHOLD)
             c = int(result.target_class[i])
             out.append(Explanation(
@@ -351,7 +352,7 @@ class Explainer:
                 label=self.label(c),
                 probability=float(probs[i][c]),
                 score=None if result.score is None else float(result.score[i]),
-                heatmap=heat.astype(np.float32),
+                heatmap=heat,
                 raw_map=result.maps[i],
                 box=None if box is None else box.as_tuple(),
                 geometry=geo,

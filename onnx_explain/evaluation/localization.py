@@ -45,8 +45,10 @@ def _as_box(b: BoxLike) -> Box:
     return Box(x0, y0, x1, y1)
 
 
-def _as_map(heatmap) -> np.ndarray:
-    h = np.asarray(heatmap, dtype=np.float64)
+def _as_map(heatmap, keep_float32: bool = False) -> np.ndarray:
+    h = np.asarray(heatmap)
+    if not (keep_float32 and h.dtype == np.float32):
+        h = h.astype(np.float64, copy=False)
     if h.ndim == 3 and h.shape[0] == 1:
         h = h[0]
     if h.ndim != 2:
@@ -66,13 +68,17 @@ def box_from_heatmap(heatmap, threshold: float = 0.15, connectivity: int = 8) ->
     pixel-edge coordinates with exclusive maximum: a component covering columns
     ``3..7`` gives ``xmin=3, xmax=8``.
     """
-    h = _as_map(heatmap)
+    h = _as_map(heatmap, keep_float32=True)  # no float64 copy of a photo-sized map
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a fraction in [0, 1], got {threshold}")
     peak = float(h.max()) if h.size else 0.0
     if peak <= 0.0:
         return None
-    mask = (h >= threshold * peak).astype(np.uint8)
+    cut = threshold * peak
+    mask = np.empty(h.shape, np.uint8)
+    rows = max(1, (1 << 20) // max(1, h.shape[1]))
+    for r0 in range(0, h.shape[0], rows):  # compared in float64, a block of rows at a time
+        mask[r0 : r0 + rows] = h[r0 : r0 + rows].astype(np.float64) >= cut
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=connectivity)
     if n <= 1:  # pragma: no cover - the peak itself is always in the mask
         return None
