@@ -284,9 +284,10 @@ def inline_gates(model: onnx.ModelProto, outputs: Iterable[str]) -> onnx.ModelPr
             known.setdefault(_key(n, {}), list(n.output))
         mapping: dict[str, str] = {}
         new_nodes: list[onnx.NodeProto] = []
+        prefix = f"{_GATE_PREFIX}/{out}"
         for n in then_g.node:
-            if n.op_type == "Identity" and n.output[0] != then_g.output[0].name:
-                mapping[n.output[0]] = mapping.get(n.input[0], n.input[0])
+            if _is_local_weight(n, prefix) and n.output[0] != then_g.output[0].name:
+                mapping[n.output[0]] = mapping.get(n.input[0], n.input[0])  # the weight itself
                 continue
             key = _key(n, mapping)
             if key in known and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
@@ -315,8 +316,11 @@ def inline_gates(model: onnx.ModelProto, outputs: Iterable[str]) -> onnx.ModelPr
         nodes = list(graph.node)
         del graph.node[:]
         graph.node.extend(nodes[:index] + new_nodes + nodes[index + 1:])
-        flag = gates[out]
-        _drop_flag(graph, flag)
+        _drop_flag(graph, gates[out])
+        read = {i for n in graph.node for i in _node_reads(n)}
+        keep = [t for t in graph.initializer if not t.name.startswith(f"{prefix}/one/") or t.name in read]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
     remaining = {k: v for k, v in gates.items() if k not in wanted}
     props = [(p.key, p.value) for p in model.metadata_props if p.key != "onnx_explain." + GATES_KEY]
     del model.metadata_props[:]
@@ -325,6 +329,11 @@ def inline_gates(model: onnx.ModelProto, outputs: Iterable[str]) -> onnx.ModelPr
     if remaining:
         model.metadata_props.add(key="onnx_explain." + GATES_KEY, value=json.dumps(remaining))
     return model
+
+
+def _is_local_weight(node: onnx.NodeProto, prefix: str) -> bool:
+    """A branch's ``Mul(weight, 1)`` that makes a weight of the enclosing graph its own."""
+    return node.op_type == "Mul" and len(node.input) == 2 and node.input[1].startswith(f"{prefix}/one/")
 
 
 def _drop_flag(graph: onnx.GraphProto, flag: str) -> None:

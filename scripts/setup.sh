@@ -22,4 +22,5 @@ if [ "$extras" = "test" ]; then
   # pytorch-grad-cam is a reference in the tests only; its torchvision dependency has no
   # CPU build here and is not needed for the parts we compare against.
   $PY -m pip install -q --no-deps "grad-cam==1.5.7" "ttach==0.0.3"
+  scripts/setup-examples.sh
 fi
