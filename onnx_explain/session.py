@@ -285,7 +285,8 @@ class ExplainSession:
                     raise ModelError(f"{where}: metadata onnx_explain.cam.{key} names {name!r}, "
                                      "which is not an initializer of the graph")
         dims = image.type.tensor_type.shape.dim
-        if len(dims) == 4:
+        floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+        if len(dims) == 4 and image.type.tensor_type.elem_type in floats:  # not a uint8 `pixels` input
             hw = (dims[2], dims[3]) if self.preprocess.layout == "NCHW" else (dims[1], dims[2])
             fixed = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in hw)
             size = tuple(int(v) for v in self.preprocess.size)

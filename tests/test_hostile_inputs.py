@@ -601,3 +601,19 @@ def test_an_operator_hiding_shapes_is_blamed_itself(tmp_path, kind, op, words):
     assert f"operator {op!r}" in line and words in line, line
     assert "GlobalAveragePool' (node" not in line
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_metadata_size_must_match_a_fixed_float_input(tiny, good_image, tmp_path):
+    from onnx_explain.augment import augment_model
+    from onnx_explain.session import ExplainSession
+
+    model = _with_metadata(tiny.explain, tmp_path / "m.onnx", preprocess=json.dumps({"size": [64, 64]}))
+    fixed = onnx.load(str(model))
+    for d, v in zip(fixed.graph.input[0].type.tensor_type.shape.dim[2:], (tiny.size, tiny.size)):
+        d.dim_value = v
+    onnx.save(fixed, str(model))
+    with pytest.raises(contract.ModelError, match=r"preprocess.size \[64, 64\] contradicts the input"):
+        ExplainSession(model, device="cpu")
+    pixels = tmp_path / "pixels.onnx"  # a uint8 N x H x W x 3 input: not judged by the float layout
+    onnx.save(augment_model(onnx.load(str(tiny.plain)), pixels=True), str(pixels))
+    assert ExplainSession(pixels, device="cpu").image_input == contract.PIXELS
