@@ -16,8 +16,10 @@ timed calls (the files are built first, then only ``InferenceSession.run``):
 * the input gradient (``gradcam`` + ``grad_input``, its flag fed true) from the on-demand
   and the outer form.
 
-Timings are interleaved (one round runs every variant once), the median of the rounds is
-reported; compare ratios within one run.  The check: the lean file and a Grad-CAM request
+Timings are interleaved (one round runs every variant once, each round starting one
+variant later), the median of the rounds is reported; compare ratios within one run.  Also
+the memory a process holding each file's session takes (the on-demand file's branches get
+their own copies of the weights in ONNX Runtime's layout).  The check: the lean file and a Grad-CAM request
 to the on-demand file cost at most 1.10 x the forward.
 
     python benchmarks/bench_consumers.py                        # both models, batch 1 and 8
@@ -28,8 +30,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -70,23 +75,55 @@ def session(model: bytes, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+_RSS_CHILD = """
+import sys, numpy as np, onnxruntime as ort
+so = ort.SessionOptions(); so.intra_op_num_threads = int(sys.argv[2]); so.log_severity_level = 3
+s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+x = np.zeros([1] + [d if isinstance(d, int) else 1 for d in s.get_inputs()[0].shape[1:]], np.float32)
+feeds = {s.get_inputs()[0].name: x}
+if any(i.name == "target" for i in s.get_inputs()):
+    feeds["target"] = np.array([-1], np.int64)
+s.run(None, feeds)
+print(int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024)
+"""
+
+
+def session_memory(files: dict[str, bytes], threads: int) -> dict[str, int]:
+    """Resident memory (MB) of a fresh process holding a session of each file after one
+    run at batch 1 (Linux /proc): what the device must hold."""
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for key, data in files.items():
+            path = Path(folder) / "model.onnx"
+            path.write_bytes(data)
+            run = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(path), str(threads)], capture_output=True,
+                                 text=True, timeout=600)
+            out[key] = int(run.stdout.split()[-1]) if run.returncode == 0 and run.stdout.split() else -1
+    return out
+
+
 def timed_rounds(fns: dict, rounds: int) -> dict[str, float]:
     for fn in fns.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
+    keys = list(fns)
+    for r in range(rounds):  # each round starts one variant later: none always follows the same one
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
             t = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench(name: str, batches: list[int], rounds: int, threads: int, size: int) -> tuple[list[str], bool]:
+def bench(name: str, batches: list[int], rounds: int, threads: int, size: int, memory: bool) -> tuple[list[str], bool]:
     t0 = time.perf_counter()
     files = build(name, size)
     lines = [f"{name}: files built in {time.perf_counter() - t0:.1f} s; sizes (MB) "
              + ", ".join(f"{k} {len(v) / 1e6:.1f}" for k, v in files.items())]
+    if memory and Path("/proc/self/status").exists():
+        rss = session_memory(files, threads)
+        lines.append("  memory of a process holding the session (MB, after one run at batch 1): "
+                     + ", ".join(f"{k} {v}" for k, v in rss.items()))
     s = {k: session(v, threads) for k, v in files.items()}
     image = s["forward"].get_inputs()[0].name
     ok = True
@@ -130,13 +167,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="rounds at batch > 1 (4 x as many at batch 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--no-memory", action="store_true", help="skip the session memory of each file")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     print(f"onnxruntime {ort.__version__}, CPU, {args.threads} threads, {args.size} x {args.size}, "
           f"median of interleaved rounds", flush=True)
     all_ok = True
     for name in args.models.split(","):
-        lines, ok = bench(name, batches, args.rounds, args.threads, args.size)
+        lines, ok = bench(name, batches, args.rounds, args.threads, args.size, not args.no_memory)
         all_ok &= ok
         print("\n".join(lines), flush=True)
     sys.exit(0 if all_ok else 1)

@@ -163,7 +163,18 @@ if (params.get("opacity") !== null) {
 }
 
 guarded(async () => {
+  const image = params.get("image") ?? "sample/chelsea.png";
+  state.bitmap = await createImageBitmap(new Blob([await fetchBytes(image)]),
+    { colorSpaceConversion: "none", premultiplyAlpha: "none" });
   const url = params.get("model") ?? "model/explain.onnx";
-  await loadModel(await fetchBytes(url), url);
-  await loadImage(new Blob([await fetchBytes(params.get("image") ?? "sample/chelsea.png")]));
+  let bytes;
+  try {
+    bytes = await fetchBytes(url);
+  } catch (e) {
+    throw new Error(`${e.message}. Choose an explain model above, or write one there: onnx-explain export ` +
+      "efficientnet_lite0 --outputs target_class,gradcam,gradcam_plusplus,layercam,probabilities,top_k --pixels " +
+      "-o examples/web/model/explain.onnx");
+  }
+  await loadModel(bytes, url);
+  await run();
 })();
