@@ -304,7 +304,9 @@ def test_upload_json_png_and_bad_image(client, photo_png):
 
 # ---------------------------------------------------------------------------- limits, token
 def test_body_limit_413(tiny):
-    with running(config(tiny.explain, max_body_bytes=4096)) as srv, srv.client() as c:
+    with running(config(tiny.explain, max_body_bytes=4096, max_images_per_request=2)) as srv, srv.client() as c:
+        r = c.post("/v1/models/tiny:predict", json={"instances": [{"b64": "AAAA"}] * 3})
+        assert _error(r, 413) == "3 instances: this server takes at most 2 per request"
         x = _x(1)
         r = c.post("/v2/models/tiny/infer", json={"inputs": [_json_input(x)]})
         assert "request body too large: the limit is 4096 bytes" in _error(r, 413)

@@ -100,6 +100,16 @@ class ServedModel:
         ex.predict([image], top_k=1)
         if "gradcam" in self.methods:
             ex.explain([image], "gradcam")
+            # then the largest batches, on every worker at once: ONNX Runtime's memory arena
+            # reaches its size now rather than in steps under load
+            full = [image] * self.config.max_batch_size
+            threads = [threading.Thread(target=ex.explain, args=(full, "gradcam"),
+                                        kwargs={"batch_size": self.config.max_batch_size})
+                       for _ in range(self.config.workers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
 
     # ------------------------------------------------------------------ protocol views
     def metadata(self) -> dict[str, Any]:

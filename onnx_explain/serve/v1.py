@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from onnx_explain.images import LoadedImage
 from onnx_explain.methods import METHODS
 from onnx_explain.serve import schemas
-from onnx_explain.serve.errors import bad_request, quoted
+from onnx_explain.serve.errors import ApiError, bad_request, quoted
 from onnx_explain.serve.model import STOCHASTIC_METHODS
 from onnx_explain.serve.render import explanation_json, prediction_json
 from onnx_explain.serve.state import ServerState
@@ -72,8 +72,8 @@ def instances_of(state: ServerState, doc: dict) -> list[dict]:
     if not isinstance(instances, list) or not instances:
         raise bad_request("'instances' must be a non-empty list of {\"b64\": \"<base64 image>\"}")
     if len(instances) > state.config.max_images_per_request:
-        raise bad_request(f"{len(instances)} instances: this server takes at most "
-                          f"{state.config.max_images_per_request} per request")
+        raise ApiError(413, f"{len(instances)} instances: this server takes at most "
+                            f"{state.config.max_images_per_request} per request")
     for i, inst in enumerate(instances):
         if not isinstance(inst, dict) or set(inst) != {"b64"}:
             raise bad_request(f"instance {i}: expected {{\"b64\": \"<base64 image file>\"}}; "
