@@ -148,26 +148,24 @@ def _make_gate(graph: onnx.GraphProto, out: str, only: list[int], forward: set[i
                 rename[o] = f"{prefix}/{o}"
     copies = sorted(_forward_closure(graph, only, forward, producer))
     branch = [_renamed(graph.node[i], rename, f"{prefix}/copy") for i in copies]
-    # The copies' weights through an Identity in the branch: ONNX Runtime folds it into a
-    # constant of the branch, which its layout transformer needs (it does not look for
-    # constant weights in the enclosing graph); the file keeps one copy of each weight.
-    inits = {t.name for t in graph.initializer}
+    branch += [_renamed(graph.node[i], rename, prefix) for i in only]
+    # The float weights reach the branch through a `Mul` by 1, which ONNX Runtime folds into
+    # a constant of the branch: its NCHWc layout transformer only takes a convolution whose
+    # weights are constants of its own graph (not of the enclosing one), and without it the
+    # branch ran twice as slow.  The file keeps one copy of each weight.
+    floats = {t.name: t.data_type for t in graph.initializer
+              if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)}
     local_weights: dict[str, str] = {}
-    for node in branch[:len(copies)]:
+    for node in branch:
         for k, name in enumerate(node.input):
-            if name in inits:
-                if name not in local_weights:
-                    local_weights[name] = f"{prefix}/weight/{name}"
+            if name in floats:
+                local_weights.setdefault(name, f"{prefix}/weight/{name}")
                 node.input[k] = local_weights[name]
     ones: dict[int, str] = {}
-    for w in local_weights:
-        elem = next(t.data_type for t in graph.initializer if t.name == w)
-        if elem not in ones:
-            ones[elem] = f"{prefix}/one/{elem}"
-            graph.initializer.append(numpy_helper.from_array(np.ones((), helper.tensor_dtype_to_np_dtype(elem)), ones[elem]))
-    branch = [helper.make_node("Mul", [w, ones[next(t.data_type for t in graph.initializer if t.name == w)]], [local],
-                               name=local) for w, local in local_weights.items()] + branch
-    branch += [_renamed(graph.node[i], rename, prefix) for i in only]
+    for elem in sorted({floats[w] for w in local_weights}):
+        ones[elem] = f"{prefix}/one/{elem}"
+        graph.initializer.append(numpy_helper.from_array(np.ones((), helper.tensor_dtype_to_np_dtype(elem)), ones[elem]))
+    branch = [helper.make_node("Mul", [w, ones[floats[w]]], [local], name=local) for w, local in local_weights.items()] + branch
     branch = _toposort(branch)
 
     info = next(v for v in graph.output if v.name == out)

@@ -32,7 +32,7 @@ const watchdog = setTimeout(() => {
 // CI containers run as root, where Chromium's sandbox refuses to start.
 const browser = await chromium.launch({ executablePath: args.chromium, headless: true, args: ["--no-sandbox"], timeout });
 try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 760 } });
+  const page = await browser.newPage({ viewport: { width: 900, height: 720 } });
   const logs = [];
   page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
