@@ -872,10 +872,18 @@ def _write_explanation(im, e, method, stem, out_dir, colormap, alpha, save_npy, 
 @_top_k_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_max_pixels_option
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run on Ray (pip install onnx-explain[ray]): Parquet parts and overlays in --out; "
+                   "a re-run skips what is written. IMAGES may also be URIs (s3://...).")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="Join this Ray cluster [a local one on 127.0.0.1].")
+@click.option("--actors", type=click.IntRange(1, 4096), default=1, show_default=True,
+              help="With --ray: explain sessions (Ray actors) working at once.")
 @_fail_cleanly
 def explain(model: str, images: tuple[str, ...], method: str, target: str, out_dir: str, batch_size: int,
             device: str, threads: int | None, colormap: str, alpha: float, npy: bool, top_k: int,
-            as_json: bool, max_pixels: int) -> None:
+            as_json: bool, max_pixels: int, use_ray: bool = False, ray_address: str | None = None,
+            actors: int = 1) -> None:
     """Explain images: overlay PNGs, heatmaps (.npy) and report.json in --out.
 
     \b
@@ -893,9 +901,35 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, out_d
 
     if colormap.lower() not in COLORMAPS:
         raise Failure(f"unknown colormap {colormap!r}; choose from {', '.join(sorted(COLORMAPS))}")
+    if use_ray or ray_address:
+        sys.exit(_run_explain_ray(model, images, methods, _target_option(target), out_dir, batch_size, threads,
+                                  colormap, alpha, top_k, as_json, max_pixels, ray_address, actors))
     status = run_explain(model, images, methods, _target_option(target), Path(out_dir), batch_size, device, threads,
                          colormap, alpha, npy, top_k, as_json, max_pixels=max_pixels)
     sys.exit(status)
+
+
+def _run_explain_ray(model, images, methods, target, out_dir, batch_size, threads, colormap, alpha, top_k,
+                     as_json, max_pixels, ray_address, actors) -> int:
+    if len(methods) != 1:
+        raise Failure("--ray explains one method per run (its Parquet parts are keyed by file)")
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise Failure("--ray needs Ray: pip install 'onnx-explain[ray]'")
+    from onnx_explain import ray_batch
+    from onnx_explain.explainer import Explainer
+
+    with Explainer(model, device="cpu", threads=1) as ex:  # a bad model or method fails here, before Ray
+        ex.method(methods[0])
+        n_classes = ex.session.num_classes
+        if target is not None and n_classes is not None and target >= n_classes:
+            raise Failure(f"target class {target} out of range: the model has {n_classes} classes")
+        top_k = _check_top_k(top_k, n_classes)
+    options = ray_batch.ExplainOptions(method=methods[0], target=target, top_k=top_k, batch_size=batch_size,
+                                       threads=threads or 1, max_pixels=max_pixels, colormap=colormap, alpha=alpha)
+    return ray_batch.run_cli(model, images, out_dir, address=ray_address, actors=actors, options=options,
+                             as_json=as_json)
 
 
 # ----------------------------------------------------------------------------- demo
