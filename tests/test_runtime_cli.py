@@ -164,13 +164,13 @@ def test_in_graph_gradcam_equals_runtime_gradcam(tiny, photos, reference):
     np.testing.assert_array_equal(graph[contract.TARGET_CLASS], res.target_class)
     g = graph[contract.GRADCAM]
     assert g.shape == (3, tiny.size, tiny.size)
-    assert np.all(g >= 0) and np.all(g <= 1) and np.allclose(g.max(axis=(1, 2)), 1)
-    # the graph resizes the raw map (bilinear, half-pixel) then min-max normalises
-    ours = normalize01(resize_bilinear(res.maps, (tiny.size, tiny.size)))
+    assert np.all(g >= 0) and np.all(g <= 1) and np.all(g.max(axis=(1, 2)) > 0.9)
+    # the graph min-max normalises the raw map, then resizes it (bilinear, half-pixel): what
+    # explain() does, so that a consumer without Python gets the same heatmap
+    ours = resize_bilinear(normalize01(res.maps), (tiny.size, tiny.size))
     np.testing.assert_allclose(g, ours, atol=1e-5)
-    # the other order (normalise, then resize: what explain() does) is the same map up to
-    # interpolation
-    other = resize_bilinear(normalize01(res.maps), (tiny.size, tiny.size))
+    # the other order (resize, then normalise) is the same map up to interpolation
+    other = normalize01(resize_bilinear(res.maps, (tiny.size, tiny.size)))
     for i in range(3):
         assert pearson(g[i], other[i]) > 0.999
 
