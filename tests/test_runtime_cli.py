@@ -164,7 +164,7 @@ def test_in_graph_gradcam_equals_runtime_gradcam(tiny, photos, reference):
     np.testing.assert_array_equal(graph[contract.TARGET_CLASS], res.target_class)
     g = graph[contract.GRADCAM]
     assert g.shape == (3, tiny.size, tiny.size)
-    assert np.all(g >= 0) and np.all(g <= 1) and np.all(g.max(axis=(1, 2)) > 0.9)
+    assert np.all(g >= 0) and np.all(g <= 1)
     # the graph min-max normalises the raw map, then resizes it (bilinear, half-pixel): what
     # explain() does, so that a consumer without Python gets the same heatmap
     ours = resize_bilinear(normalize01(res.maps), (tiny.size, tiny.size))
