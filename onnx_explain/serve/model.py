@@ -42,6 +42,8 @@ METHOD_OPTIONS: dict[str, dict[str, tuple[type, Any, Any]]] = {
 }
 #: Methods that draw random noise: their batches never mix requests (see ``v1.explain_key``).
 STOCHASTIC_METHODS = frozenset({"smoothgrad"})
+#: Largest batch run while warming (a --max-batch-size of 1024 must not start with 1024 images).
+MAX_WARM_BATCH = 32
 #: Pruned sessions kept for Open Inference Protocol output sets beyond the warmed ones.
 MAX_EXTRA_SESSIONS = 16
 
@@ -102,9 +104,9 @@ class ServedModel:
             ex.explain([image], "gradcam")
             # then the largest batches, on every worker at once: ONNX Runtime's memory arena
             # reaches its size now rather than in steps under load
-            full = [image] * self.config.max_batch_size
-            threads = [threading.Thread(target=ex.explain, args=(full, "gradcam"),
-                                        kwargs={"batch_size": self.config.max_batch_size})
+            n = min(self.config.max_batch_size, MAX_WARM_BATCH)
+            full = [image] * n
+            threads = [threading.Thread(target=ex.explain, args=(full, "gradcam"), kwargs={"batch_size": n})
                        for _ in range(self.config.workers)]
             for t in threads:
                 t.start()
