@@ -30,7 +30,7 @@ from onnx_explain.images import LoadedImage
 from onnx_explain.methods import METHODS
 from onnx_explain.serve.config import ServeConfig
 from onnx_explain.serve.errors import ApiError, bad_request, quoted
-from onnx_explain.serve.tensors import DATATYPES, datatype_of, shape_of
+from onnx_explain.serve.tensors import datatype_of, shape_of
 
 log = logging.getLogger("onnx_explain.serve")
 

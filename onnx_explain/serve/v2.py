@@ -21,14 +21,14 @@ from starlette.concurrency import run_in_threadpool
 
 from onnx_explain import __version__
 from onnx_explain.serve import schemas
-from onnx_explain.serve.errors import ApiError, bad_request, quoted
+from onnx_explain.serve.errors import bad_request, quoted
 from onnx_explain.serve.limits import decompress
 from onnx_explain.serve.state import ServerState
 from onnx_explain.serve.tensors import HEADER, decode_input, encode_output, split_body
 
 router = APIRouter(tags=["Open Inference Protocol (v2)"])
 
-#: Request-level parameters we act on; others are accepted and ignored, as the protocol allows.
+#: Most elements one input may declare (the body limit bounds the data actually sent).
 _MAX_ELEMENTS = 1 << 28
 
 
