@@ -12,12 +12,14 @@ the ``then`` branch of an ``If`` whose condition is a boolean graph input with a
   returns an empty tensor (0 rows): the call costs what the ungated outputs cost;
 * feeding ``compute_grad_input = true`` runs the ``then`` branch and returns the gradient.
 
-The ``then`` branch *recomputes* the forward values it reads (a copy of the forward nodes
-from the image up, the weights shared with the main graph) instead of reading the main
-graph's: a value of the main graph read inside a branch must be kept in the plain NCHW
-layout and alive until the ``If`` runs, and a convolution whose output the branch reads
-can no longer be fused with its activation, so reading them made the Grad-CAM-only call
-slower (``benchmarks/bench_consumers.py`` measures both forms).
+The branch *recomputes* the forward values it reads (a copy of the forward nodes from the
+image up, the weights shared with the main graph) instead of reading the main graph's: a
+value of the main graph read inside a branch must be kept in the plain NCHW layout and
+alive until the ``If`` runs, and a convolution whose output the branch reads can no longer
+be fused with its activation, so reading them made the Grad-CAM-only call slower
+(``benchmarks/bench_consumers.py`` measures both forms).  With two gated outputs, one
+``If`` on "either flag" holds the forward copy and, inside it, one ``If`` per output on
+its own flag: the forward is copied (and held by ONNX Runtime) once.
 
 :func:`inline_gates` undoes this for a consumer that prunes (the Python runtime): the
 branch of a requested gated output is spliced back into the main graph, and each copied
@@ -39,6 +41,7 @@ from onnx import helper, numpy_helper
 #: Metadata key (after ``onnx_explain.``): JSON ``{gated output: flag input}``.
 GATES_KEY = "gates"
 _GATE_PREFIX = "gate"
+_ONE = "gate/one/"  # the scalar 1 of each float type that the branches' weights are multiplied by
 
 
 def flag_name(output: str) -> str:
@@ -102,13 +105,15 @@ def _ancestors(graph: onnx.GraphProto, outputs: Iterable[str]) -> set[int]:
 
 def gate_outputs(model: onnx.ModelProto, gated: Sequence[str], *, recompute: bool = True,
                  forward_outputs: Sequence[str] | None = None) -> onnx.ModelProto:
-    """Put each of the graph outputs ``gated`` behind its own ``If`` on a flag input.
+    """Put the graph outputs ``gated`` behind ``If`` nodes on their flag inputs.
 
     ``forward_outputs`` (default: the graph's first output, the model's own) say which
-    nodes are the model's forward: with ``recompute`` a branch copies the forward nodes
-    it reads instead of reading the main graph's values.  A node two gated outputs need
-    goes into both branches.  Returns a new model; the flags are listed in the metadata
-    (:data:`GATES_KEY`).
+    nodes are the model's forward.  With ``recompute`` one ``If`` on "any flag" holds a
+    copy of the forward nodes the gated outputs read, and inside it one ``If`` per output
+    on its own flag holds that output's nodes: the forward is recomputed once, whichever
+    outputs are asked for.  Without, each output gets an ``If`` of its own whose branch
+    reads the main graph's forward values (the form measured and rejected).  Returns a new
+    model; the flags are listed in the metadata (:data:`GATES_KEY`).
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -119,10 +124,21 @@ def gate_outputs(model: onnx.ModelProto, gated: Sequence[str], *, recompute: boo
     main = _ancestors(graph, [n for n in names if n not in gated])
     forward = _ancestors(graph, forward_outputs or names[:1]) if recompute else set()
     producer = _producers(graph)
-    ifs = [_make_gate(graph, out, sorted(_ancestors(graph, [out]) - main), forward, producer) for out in gated]
+    only = {out: sorted(_ancestors(graph, [out]) - main) for out in gated}
+    for out in gated:
+        graph.input.append(helper.make_tensor_value_info(flag_name(out), onnx.TensorProto.BOOL, []))
+        graph.initializer.append(numpy_helper.from_array(np.array(False), flag_name(out)))
+    if recompute:
+        added = _shared_gate(graph, gated, only, forward, producer)
+    else:
+        added = [_gate(graph, out, f"{_GATE_PREFIX}/{out}", only[out], {}, flag_name(out)) for out in gated]
     nodes = [graph.node[i] for i in sorted(main)]
     del graph.node[:]
-    graph.node.extend(nodes + ifs)
+    graph.node.extend(nodes + added)
+    for info in graph.output:  # 0 rows when the flag is off: the first dimension is not the batch's
+        if info.name in gated and len(info.type.tensor_type.shape.dim):
+            info.type.tensor_type.shape.dim[0].Clear()
+            info.type.tensor_type.shape.dim[0].dim_param = f"{info.name}_rows"
     present = {o for n in graph.node for o in n.output}
     kept_info = [v for v in graph.value_info if v.name in present]
     del graph.value_info[:]
@@ -136,59 +152,88 @@ def gate_outputs(model: onnx.ModelProto, gated: Sequence[str], *, recompute: boo
     return model
 
 
-def _make_gate(graph: onnx.GraphProto, out: str, only: list[int], forward: set[int],
-               producer: dict[str, int]) -> onnx.NodeProto:
-    """The ``If`` node computing ``out`` from nodes ``only`` (and copies of the forward
-    nodes they read) when ``compute_<out>`` is true; adds the flag input."""
-    prefix = f"{_GATE_PREFIX}/{out}"
-    rename: dict[str, str] = {}
-    for i in set(only) | _forward_closure(graph, only, forward, producer):
-        for o in graph.node[i].output:
-            if o:
-                rename[o] = f"{prefix}/{o}"
-    copies = sorted(_forward_closure(graph, only, forward, producer))
-    branch = [_renamed(graph.node[i], rename, f"{prefix}/copy") for i in copies]
-    branch += [_renamed(graph.node[i], rename, prefix) for i in only]
-    # The float weights reach the branch through a `Mul` by 1, which ONNX Runtime folds into
-    # a constant of the branch: its NCHWc layout transformer only takes a convolution whose
-    # weights are constants of its own graph (not of the enclosing one), and without it the
-    # branch ran twice as slow.  The file keeps one copy of each weight.
+def _shared_gate(graph: onnx.GraphProto, gated: list[str], only: dict[str, list[int]], forward: set[int],
+                 producer: dict[str, int]) -> list[onnx.NodeProto]:
+    """``If(any flag)``: the forward copy, then one ``If(flag)`` per gated output."""
+    prefix = f"{_GATE_PREFIX}/forward"
+    copies = sorted(_forward_closure(graph, sorted(set().union(*only.values())), forward, producer))
+    rename = {o: f"{prefix}/{o}" for i in copies for o in graph.node[i].output if o}
+    body = [_renamed(graph.node[i], rename, prefix) for i in copies]
+    if len(gated) == 1:  # one If: the forward copy and the output's nodes
+        out = gated[0]
+        return [_gate(graph, out, f"{_GATE_PREFIX}/{out}", only[out], rename, flag_name(out), extra=body)]
+    for out in gated:
+        inner = f"{_GATE_PREFIX}/{out}"
+        body.append(_gate(graph, out, inner, only[out], rename, flag_name(out), output=f"{inner}/result"))
+    body = _localize_weights(graph, body, prefix) + body
+    nodes = []
+    condition = flag_name(gated[0])
+    for k, out in enumerate(gated[1:]):
+        nodes.append(helper.make_node("Or", [condition, flag_name(out)], [f"{_GATE_PREFIX}/any_{k}"],
+                                      name=f"{_GATE_PREFIX}/any_{k}"))
+        condition = nodes[-1].output[0]
+    return nodes + [_if(graph, condition, prefix, body, gated, [f"{_GATE_PREFIX}/{o}/result" for o in gated])]
+
+
+def _gate(graph: onnx.GraphProto, out: str, prefix: str, only: list[int], outer: dict[str, str], flag: str,
+          output: str | None = None, extra: Sequence[onnx.NodeProto] = ()) -> onnx.NodeProto:
+    """``If(flag)`` computing graph output ``out`` with nodes ``only`` (reading the values
+    ``outer`` renames under their new names; ``extra`` nodes, already renamed, go into the
+    same branch), as value ``output`` (default ``out``)."""
+    rename = dict(outer)
+    rename.update({o: f"{prefix}/{o}" for i in only for o in graph.node[i].output if o})
+    body = list(extra) + [_renamed(graph.node[i], rename, prefix) for i in only]
+    body = _localize_weights(graph, body, prefix) + body
+    if out not in rename:  # produced by the main graph (nothing to gate): pass it through
+        body.append(helper.make_node("Identity", [out], [f"{prefix}/{out}"], name=f"{prefix}/identity"))
+        rename[out] = f"{prefix}/{out}"
+    node = _if(graph, flag, prefix, body, [out], [rename[out]])
+    if output is not None:
+        node.output[0] = output
+    return node
+
+
+def _if(graph: onnx.GraphProto, condition: str, prefix: str, body: list[onnx.NodeProto], outs: list[str],
+        inner: list[str]) -> onnx.NodeProto:
+    """``If(condition)``: ``body`` giving ``inner``, else an empty tensor (0 rows) for each of
+    the graph outputs ``outs``."""
+    infos = {v.name: v for v in graph.output}
+    elems = [infos[o].type.tensor_type.elem_type for o in outs]
+    then_g = helper.make_graph(_toposort(body), f"{prefix}/then", [],
+                               [helper.make_tensor_value_info(n, e, None) for n, e in zip(inner, elems)])
+    empties = []
+    for o, e in zip(outs, elems):
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in infos[o].type.tensor_type.shape.dim]
+        value = numpy_helper.from_array(np.zeros([0] + dims[1:], dtype=helper.tensor_dtype_to_np_dtype(e)))
+        empties.append(helper.make_node("Constant", [], [f"{prefix}/empty/{o}"], name=f"{prefix}/empty/{o}", value=value))
+    else_g = helper.make_graph(empties, f"{prefix}/else", [],
+                               [helper.make_tensor_value_info(n.output[0], e, None) for n, e in zip(empties, elems)])
+    return helper.make_node("If", [condition], list(outs), name=f"{prefix}/if", then_branch=then_g, else_branch=else_g)
+
+
+def _localize_weights(graph: onnx.GraphProto, body: list[onnx.NodeProto], prefix: str) -> list[onnx.NodeProto]:
+    """Make the float weights that nodes ``body`` read constants of their own graph: a
+    ``Mul`` by 1 that ONNX Runtime folds.  Its NCHWc layout transformer only takes a
+    convolution whose weights are constants of the convolution's own graph (not of an
+    enclosing one); without it a branch ran twice as slow.  The file keeps one copy of each
+    weight.  Returns the ``Mul`` nodes; ``body`` is rewired to read their outputs."""
     floats = {t.name: t.data_type for t in graph.initializer
               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)}
-    local_weights: dict[str, str] = {}
-    for node in branch:
+    local: dict[str, str] = {}
+    for node in body:
         for k, name in enumerate(node.input):
             if name in floats:
-                local_weights.setdefault(name, f"{prefix}/weight/{name}")
-                node.input[k] = local_weights[name]
-    ones: dict[int, str] = {}
-    for elem in sorted({floats[w] for w in local_weights}):
-        ones[elem] = f"{prefix}/one/{elem}"
-        graph.initializer.append(numpy_helper.from_array(np.ones((), helper.tensor_dtype_to_np_dtype(elem)), ones[elem]))
-    branch = [helper.make_node("Mul", [w, ones[floats[w]]], [local], name=local) for w, local in local_weights.items()] + branch
-    branch = _toposort(branch)
-
-    info = next(v for v in graph.output if v.name == out)
-    elem = info.type.tensor_type.elem_type
-    then_g = helper.make_graph(branch, f"{prefix}/then", [], [helper.make_tensor_value_info(rename.get(out, out), elem, None)])
-    if out not in rename:  # produced by the main graph (nothing to gate): pass it through
-        then_g.node.append(helper.make_node("Identity", [out], [f"{prefix}/{out}"], name=f"{prefix}/identity"))
-        then_g.output[0].name = f"{prefix}/{out}"
-    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim]
-    empty = np.zeros([0] + dims[1:], dtype=helper.tensor_dtype_to_np_dtype(elem))
-    else_name = f"{prefix}/empty"
-    else_g = helper.make_graph(
-        [helper.make_node("Constant", [], [else_name], name=else_name, value=numpy_helper.from_array(empty))],
-        f"{prefix}/else", [], [helper.make_tensor_value_info(else_name, elem, None)])
-    flag = flag_name(out)
-    graph.input.append(helper.make_tensor_value_info(flag, onnx.TensorProto.BOOL, []))
-    graph.initializer.append(numpy_helper.from_array(np.array(False), flag))
-    # 0 rows when the flag is off: the output's first dimension is not the batch's
-    shape = info.type.tensor_type.shape
-    if len(shape.dim):
-        shape.dim[0].Clear()
-        shape.dim[0].dim_param = f"{out}_rows"
-    return helper.make_node("If", [flag], [out], name=f"{prefix}/if", then_branch=then_g, else_branch=else_g)
+                local.setdefault(name, f"{prefix}/weight/{name}")
+                node.input[k] = local[name]
+    have = {t.name for t in graph.initializer}
+    muls = []
+    for name, value in local.items():
+        one = f"{_ONE}{floats[name]}"
+        if one not in have:
+            graph.initializer.append(numpy_helper.from_array(np.ones((), helper.tensor_dtype_to_np_dtype(floats[name])), one))
+            have.add(one)
+        muls.append(helper.make_node("Mul", [name, one], [value], name=value))
+    return muls
 
 
 def _forward_closure(graph: onnx.GraphProto, only: list[int], forward: set[int], producer: dict[str, int]) -> set[int]:
@@ -260,65 +305,35 @@ def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
 
 
 def inline_gates(model: onnx.ModelProto, outputs: Iterable[str]) -> onnx.ModelProto:
-    """The model with the gate of every requested gated output spliced back into the main
-    graph (its forward copies merged with the identical main-graph nodes); gates not
-    requested are left (pruning drops them).  ``model`` itself is returned when there is
-    nothing to inline."""
+    """The model with the branches of every requested gated output spliced back into the
+    main graph (forward copies merged with the identical main-graph nodes, which gives back
+    the ungated graph); the gates of outputs not requested are left (pruning drops them).
+    ``model`` itself is returned when there is nothing to inline."""
     gates = read_gates(model)
-    wanted = [o for o in outputs if o in gates]
+    wanted = {o for o in outputs if o in gates}
     if not wanted:
         return model
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    for out in wanted:
-        index = next((i for i, n in enumerate(graph.node) if n.op_type == "If" and list(n.output) == [out]), None)
+    while True:  # outermost first: a spliced branch brings the inner If nodes into the graph
+        index = next((i for i, n in enumerate(graph.node) if n.op_type == "If" and set(n.output) & wanted), None)
         if index is None:
-            continue
-        if_node = graph.node[index]
-        then_g = next(a.g for a in if_node.attribute if a.name == "then_branch")
-        # identical nodes of the main graph: (op, domain, inputs, attributes) -> outputs
-        known: dict[tuple, list[str]] = {}
-        for n in graph.node:
-            known.setdefault(_key(n, {}), list(n.output))
-        mapping: dict[str, str] = {}
-        new_nodes: list[onnx.NodeProto] = []
-        prefix = f"{_GATE_PREFIX}/{out}"
-        for n in then_g.node:
-            if _is_local_weight(n, prefix) and n.output[0] != then_g.output[0].name:
-                mapping[n.output[0]] = mapping.get(n.input[0], n.input[0])  # the weight itself
-                continue
-            key = _key(n, mapping)
-            if key in known and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                        for a in n.attribute):
-                for mine, theirs in zip(n.output, known[key]):
-                    mapping[mine] = theirs
-                continue
-            new = onnx.NodeProto()
-            new.CopyFrom(n)
-            for k, i in enumerate(new.input):
-                if i in mapping:
-                    new.input[k] = mapping[i]
-            _rename_in_subgraphs(new, mapping)
-            known.setdefault(_key(new, {}), list(new.output))
-            new_nodes.append(new)
-        inner = then_g.output[0].name
-        last = next((n for n in new_nodes if inner in n.output), None)
-        if last is not None:
-            last.output[list(last.output).index(inner)] = out
-            for n in new_nodes:  # nothing else reads a graph output's inner name, but be safe
-                for k, i in enumerate(n.input):
-                    if i == inner:
-                        n.input[k] = out
-        else:  # the branch's output is a main-graph value: pass it through
-            new_nodes.append(helper.make_node("Identity", [mapping.get(inner, inner)], [out], name=f"{_GATE_PREFIX}/{out}/identity"))
-        nodes = list(graph.node)
+            break
+        _splice(graph, index)
+    while True:  # the "any flag" nodes no If reads any more
+        read = {i for n in graph.node for i in _node_reads(n)} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.name.startswith(f"{_GATE_PREFIX}/any_") and n.output[0] not in read]
+        if not dead:
+            break
+        keep_nodes = [n for n in graph.node if n not in dead]
         del graph.node[:]
-        graph.node.extend(nodes[:index] + new_nodes + nodes[index + 1:])
+        graph.node.extend(keep_nodes)
+    for out in wanted:
         _drop_flag(graph, gates[out])
-        read = {i for n in graph.node for i in _node_reads(n)}
-        keep = [t for t in graph.initializer if not t.name.startswith(f"{prefix}/one/") or t.name in read]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+    read = {i for n in graph.node for i in _node_reads(n)}
+    keep = [t for t in graph.initializer if not t.name.startswith(_ONE) or t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
     remaining = {k: v for k, v in gates.items() if k not in wanted}
     props = [(p.key, p.value) for p in model.metadata_props if p.key != "onnx_explain." + GATES_KEY]
     del model.metadata_props[:]
@@ -329,9 +344,53 @@ def inline_gates(model: onnx.ModelProto, outputs: Iterable[str]) -> onnx.ModelPr
     return model
 
 
-def _is_local_weight(node: onnx.NodeProto, prefix: str) -> bool:
+def _splice(graph: onnx.GraphProto, index: int) -> None:
+    """Replace the ``If`` node at ``index`` by its ``then`` branch, each branch node merged
+    with an identical node of the graph where there is one."""
+    if_node = graph.node[index]
+    then_g = next(a.g for a in if_node.attribute if a.name == "then_branch")
+    known: dict[tuple, list[str]] = {}  # (op, domain, inputs, attributes) -> outputs
+    for n in graph.node:
+        known.setdefault(_key(n, {}), list(n.output))
+    results = {o.name for o in then_g.output}
+    mapping: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    for n in then_g.node:
+        if _is_local_weight(n) and n.output[0] not in results:
+            mapping[n.output[0]] = mapping.get(n.input[0], n.input[0])  # the weight itself
+            continue
+        key = _key(n, mapping)
+        if key in known and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+            for mine, theirs in zip(n.output, known[key]):
+                mapping[mine] = theirs
+            continue
+        new = onnx.NodeProto()
+        new.CopyFrom(n)
+        for k, i in enumerate(new.input):
+            if i in mapping:
+                new.input[k] = mapping[i]
+        _rename_in_subgraphs(new, mapping)
+        known.setdefault(_key(new, {}), list(new.output))
+        new_nodes.append(new)
+    for inner, out in zip((o.name for o in then_g.output), if_node.output):
+        last = next((n for n in new_nodes if inner in n.output), None)
+        if last is not None:
+            last.output[list(last.output).index(inner)] = out
+            for n in new_nodes:
+                for k, i in enumerate(n.input):
+                    if i == inner:
+                        n.input[k] = out
+                _rename_in_subgraphs(n, {inner: out})
+        else:  # the branch's result is a value of the graph: pass it through
+            new_nodes.append(helper.make_node("Identity", [mapping.get(inner, inner)], [out], name=f"{out}/identity"))
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes[:index] + new_nodes + nodes[index + 1:])
+
+
+def _is_local_weight(node: onnx.NodeProto) -> bool:
     """A branch's ``Mul(weight, 1)`` that makes a weight of the enclosing graph its own."""
-    return node.op_type == "Mul" and len(node.input) == 2 and node.input[1].startswith(f"{prefix}/one/")
+    return node.op_type == "Mul" and len(node.input) == 2 and node.input[1].startswith(_ONE)
 
 
 def _drop_flag(graph: onnx.GraphProto, flag: str) -> None:
