@@ -1054,10 +1054,17 @@ def make_evalset(out_dir: str, n_images: int, seed: int, split: str) -> None:
               help="Largest request body in MiB; larger ones get 413 [32].")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 86400), default=None,
               help="Seconds a request may take before it gets 504 [60].")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run on Ray Serve (pip install onnx-explain[ray]): the same routes, --replicas copies.")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="With --ray: join this Ray cluster [a local one on 127.0.0.1].")
+@click.option("--replicas", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="With --ray: replicas of the service (each batches its own requests).")
 @_fail_cleanly
 def serve(model: str, host: str, port: int, name: str | None, max_batch_size: int | None,
           max_delay_ms: float | None, max_queue: int | None, workers: int | None, device: str,
-          threads: int | None, token: str | None, max_body_mb: float | None, timeout_s: float | None) -> None:
+          threads: int | None, token: str | None, max_body_mb: float | None, timeout_s: float | None,
+          use_ray: bool = False, ray_address: str | None = None, replicas: int = 1) -> None:
     """Serve an explain model over HTTP: Open Inference Protocol v2, KServe v1, POST /explain.
 
     \b
@@ -1082,6 +1089,23 @@ def serve(model: str, host: str, port: int, name: str | None, max_batch_size: in
                                        **{k: v for k, v in defaults.items() if v is not None})
     except ValueError as err:
         raise Failure(str(err)) from None
+    if use_ray or ray_address:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise Failure("--ray needs Ray: pip install 'onnx-explain[ray]'")
+        import dataclasses
+
+        from onnx_explain import ray_serve
+
+        if cfg.port == 0:  # Serve's proxy needs a port of its own choosing
+            import socket
+
+            with socket.socket() as s_:
+                s_.bind((cfg.host, 0))
+                cfg = dataclasses.replace(cfg, port=s_.getsockname()[1])
+        ray_serve.run_cli(cfg, replicas=replicas, address=ray_address)
+        sys.exit(0)
     sys.exit(run(cfg))
 
 if __name__ == "__main__":

@@ -99,12 +99,18 @@ def run_cli(config: ServeConfig, *, replicas: int, address: str | None) -> None:
     from ray import serve
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    url = deploy(dataclasses.replace(config), replicas=replicas, address=address)
-    print(f"serving {config.model} on Ray Serve at {url} ({replicas} replica(s)); Ctrl-C stops", flush=True)
-    try:
+    own_cluster = address in (None, "local") and not ray.is_initialized()
+    try:  # a SIGTERM while deploying (Ray's own handler: SystemExit) still cleans up
+        url = deploy(dataclasses.replace(config), replicas=replicas, address=address)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
+            signal.signal(sig, lambda *_: stop.set())
+        print(f"serving {config.model} on Ray Serve at {url} ({replicas} replica(s)); Ctrl-C stops", flush=True)
         stop.wait()
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        if ray.is_initialized():
+            if not own_cluster:  # a shared cluster: take down this application only, without waiting
+                try:
+                    serve.delete("onnx-explain", _blocking=False)
+                except Exception:  # noqa: BLE001 - nothing deployed yet
+                    pass
+            ray.shutdown()  # a cluster of our own goes with everything on it

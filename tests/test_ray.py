@@ -246,3 +246,51 @@ def test_ray_serve_answers_kserve_v1_explain_as_the_plain_server(cluster, tiny, 
         assert assert_loopback_only() >= 8  # the proxy and the replica too
     finally:
         bounded(serve.shutdown, timeout=60)
+
+
+def test_serve_command_on_ray(cluster, tiny, folder):
+    """`onnx-explain serve --ray --replicas 1`, joining the test's cluster: ready, answers
+    :explain, stops on SIGTERM and takes its deployment down."""
+    import signal
+
+    from serving import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "onnx_explain.command.cli", "serve", str(tiny.explain),
+                             "--name", "tiny", "--port", str(port), "--device", "cpu", "--threads", "1",
+                             "--ray", "--ray-address", cluster.address_info["gcs_address"], "--replicas", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve --ray not ready"
+            time.sleep(0.3)
+        body = {"instances": [{"b64": b64(folder / "coffee.png")}], "parameters": {"method": "gradcam"}}
+        r = httpx.post(url + "/v1/models/tiny:explain", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        with Explainer(tiny.explain, device="cpu", threads=1) as ex:
+            (want,) = ex.explain([folder / "coffee.png"])
+        assert r.json()["explanations"][0]["class"] == want.target_class
+        assert assert_loopback_only() >= 8
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, 15), proc.stdout.read()  # 15: Ray's own SIGTERM handler
+        deadline = time.monotonic() + 60  # the application is taken down (the shared proxy may stay)
+        while True:
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=2).status_code != 200:
+                    break
+            except httpx.HTTPError:
+                break
+            assert time.monotonic() < deadline, "the deployment outlived its command"
+            time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
