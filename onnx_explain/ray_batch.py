@@ -387,6 +387,15 @@ def run_cli(model: str, sources: Iterable[str], out_dir: str, *, address: str | 
     """``onnx-explain explain --ray``: start or join a cluster, run, print a summary."""
     import json
 
+    sources = list(sources)
+    if not any("://" in s for s in sources):  # all done already: no cluster to start
+        _, paths, _ = list_images(sources)
+        if paths and set(paths) <= done_files(Path(out_dir)):
+            s = RunSummary(len(set(paths)), len(set(paths)), 0, 0, 0, 0.0)
+            doc = dict(dataclasses.asdict(s), ray_startup_s=0.0, out=str(Path(out_dir) / "parts"))
+            print(json.dumps(doc, indent=2) if as_json else
+                  f"all {s.images} image(s) already done in {doc['out']}: nothing to explain")
+            return 0
     t = time.perf_counter()
     init_ray(address)
     startup = time.perf_counter() - t

@@ -165,6 +165,15 @@ def test_cli_ray_equals_plain_cli_and_explainer(cluster, tiny, folder, tmp_path)
         assert Path(got["overlay"]).is_file() and got["explain_s"] > 0
     assert assert_loopback_only() >= 5
 
+    # run again: everything is in the parts, nothing redone, no cluster started
+    again = subprocess.run([sys.executable, "-m", "onnx_explain.command.cli", "explain", str(tiny.explain),
+                            str(folder), "--ray", "--out", str(out), "--json"],
+                           capture_output=True, text=True, timeout=CALL_TIMEOUT, cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout[again.stdout.index("{"):])
+    assert (doc["skipped"], doc["explained"], doc["ray_startup_s"]) == (7, 0, 0.0)
+    assert len(ray_batch.read_results(out)) == 7
+
 
 def test_interrupted_run_restarts_without_loss_or_repeat(cluster, tiny, folder, tmp_path):
     out = tmp_path / "job"
