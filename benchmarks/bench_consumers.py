@@ -164,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="efficientnet_lite0,resnet50")
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds at batch > 1 (4 x as many at batch 1)")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds at batch > 1 (4 x as many at batch 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--no-memory", action="store_true", help="skip the session memory of each file")

@@ -40,12 +40,10 @@ METHODS = {"gradcam": "gradcam", "gradcam++": "gradcam_plusplus", "layercam": "l
 TOLERANCE = 1e-4  # max abs difference on maps in [0, 1]
 EGYPTIAN_CAT = 285
 
-ort.set_default_logger_severity(3)  # the flag inputs' "initializer in graph inputs" notice
-
-
 def _session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
+    so.log_severity_level = 3  # not the flag inputs' "initializer appears in graph inputs" notice
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
