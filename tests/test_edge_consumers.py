@@ -377,7 +377,7 @@ def _load_serve():
     return module
 
 
-def test_browser_page_gives_the_python_runtime_heatmap(effl0, python_reference, tmp_path):
+def test_browser_page_gives_the_python_runtime_heatmap(effl0, python_reference, photos, tmp_path):
     """The page in headless Chromium (onnxruntime-web, WebAssembly) on the bundled sample:
     the class, the top-5 and every map equal the Python runtime's; the screenshot shows the
     overlay (the canvas is redder than the photo where the map is hot, bluer where cold)."""
@@ -385,6 +385,8 @@ def test_browser_page_gives_the_python_runtime_heatmap(effl0, python_reference, 
     chromium = _chromium()
     if chromium is None:
         pytest.skip("Chromium is not installed (scripts/setup.sh test installs Debian's chromium with apt-get)")
+    photo = tmp_path / "chelsea.png"  # the full-size photo, for the page's file input
+    shutil.copy(photos[0], photo)
     server = _load_serve().make_server(0, effl0.paths["edge"])
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -394,7 +396,8 @@ def test_browser_page_gives_the_python_runtime_heatmap(effl0, python_reference, 
         result, shot, canvas = tmp_path / "page.json", tmp_path / "page.png", tmp_path / "canvas.png"
         run = subprocess.run(
             ["node", str(WEB / "test" / "drive.mjs"), "--url", f"http://127.0.0.1:{port}/", "--out", str(result),
-             "--screenshot", str(shot), "--canvas", str(canvas), "--chromium", chromium, "--timeout", "120"],
+             "--screenshot", str(shot), "--canvas", str(canvas), "--chromium", chromium, "--timeout", "120",
+             "--upload-model", str(effl0.paths["on_demand"]), "--upload-image", str(photo)],
             capture_output=True, text=True, timeout=200, cwd=WEB)
     finally:
         server.shutdown()
@@ -406,6 +409,10 @@ def test_browser_page_gives_the_python_runtime_heatmap(effl0, python_reference, 
     assert abs(page["probability"] - ref["probability"]) <= 1e-4
     assert [t["index"] for t in page["top"]] == ref["top_classes"]
     assert page["top5"][0].startswith("Egyptian cat") and len(page["top5"]) == 5
+    # the file inputs: the full file (float input, flags off) on the sample, then the full-size photo
+    (model_upload, image_upload) = page["uploads"]
+    assert model_upload["state"] == "done" and model_upload["top"] == ref["top_classes"], model_upload
+    assert image_upload["state"] == "done" and image_upload["classIndex"] == EGYPTIAN_CAT, image_upload
     for name, heatmap in ref["heatmaps"].items():
         got = np.asarray(page["maps"][name], np.float32).reshape(224, 224)
         diff = float(np.abs(got - heatmap).max())

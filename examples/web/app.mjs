@@ -15,6 +15,7 @@ const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 const view = $("view");
 const state = { session: null, contract: null, result: null, bitmap: null, geometry: null };
+let runs = 0; // calls done: a test waits for the next one
 
 function setStatus(text, error = false) {
   $("status").textContent = text;
@@ -86,7 +87,8 @@ async function run() {
   $("timing").textContent = `one call: ${ms.toFixed(0)} ms (WebAssembly, ${ort.env.wasm.numThreads} thread(s))`;
   draw();
   setStatus(`${state.result.label}, p = ${state.result.probability.toFixed(2)}: ${MAP_TITLES[$("method").value]}`);
-  window.onnxExplain = { result: state.result, method: $("method").value };
+  runs += 1;
+  window.onnxExplain = { result: state.result, method: $("method").value, runs };
   document.body.dataset.state = "done";
 }
 
@@ -150,7 +152,7 @@ $("method").addEventListener("change", () => {
   draw();
   if (state.result) {
     setStatus(`${state.result.label}, p = ${state.result.probability.toFixed(2)}: ${MAP_TITLES[$("method").value]}`);
-    window.onnxExplain = { result: state.result, method: $("method").value };
+    window.onnxExplain = { result: state.result, method: $("method").value, runs };
   }
 });
 $("opacity").addEventListener("input", () => {

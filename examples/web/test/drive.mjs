@@ -3,6 +3,7 @@
 //
 //   node test/drive.mjs --url http://127.0.0.1:8000/ --out result.json --screenshot page.png \
 //        [--canvas canvas.png] [--chromium /usr/bin/chromium] [--method gradcam] [--timeout 90]
+//        [--upload-model x.onnx] [--upload-image photo.png]    (then through the page's file inputs)
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { chromium } from "playwright-core";
@@ -13,6 +14,8 @@ const { values: args } = parseArgs({
     out: { type: "string" },
     screenshot: { type: "string" },
     canvas: { type: "string" },
+    "upload-model": { type: "string" },
+    "upload-image": { type: "string" },
     chromium: { type: "string", default: process.env.CHROMIUM ?? "/usr/bin/chromium" },
     method: { type: "string", default: "gradcam" },
     timeout: { type: "string", default: "90" },
@@ -53,6 +56,16 @@ try {
     });
     result.status = status;
     result.top5 = await page.locator("#top li").allTextContents();
+    // then the page's file inputs: a model, then a photo, each giving a new call
+    for (const [input, file] of [["#model-file", args["upload-model"]], ["#image-file", args["upload-image"]]]) {
+      if (!file) continue;
+      const before = await page.evaluate(() => window.onnxExplain.runs);
+      await page.setInputFiles(input, file);
+      await page.waitForFunction((n) => document.body.dataset.state === "error" || window.onnxExplain.runs > n, before, { timeout });
+      const r = await page.evaluate(() => ({ state: document.body.dataset.state, status: document.getElementById("status").textContent,
+        classIndex: window.onnxExplain.result.classIndex, top: window.onnxExplain.result.top.map((t) => t.index) }));
+      (result.uploads ??= []).push({ input, ...r });
+    }
     writeFileSync(args.out, JSON.stringify(result));
     if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
     if (args.canvas) {  // the canvas's own pixels (no border, no page scaling)
