@@ -297,3 +297,42 @@ def test_cli_dynamic_size_needs_size_and_warns_on_small_maps(tmp_path):
     info = json.loads(res.output)
     assert info["input_size"] == [64, 64] and info["default_layer"]
     assert any(c["reason"].startswith("no spatial extent") for c in info["not_usable"])
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.5])
+def test_zero_pad_before_conv_becomes_the_convs_pads(fill):
+    """TorchScript's TF-style "same" padding: an explicit Pad feeding a Conv. A zero pad is
+    folded into the Conv (same numbers, bit for bit); any other fill value is left alone."""
+    from onnx_explain.ir_utils import load_for_rewriting
+
+    rng = np.random.default_rng(1)
+    n = onnx.helper.make_node
+    nodes = [n("Pad", ["image", "pads", "fill"], ["padded"], mode="constant"),
+             n("Conv", ["padded", "w"], ["c"], strides=[2, 2], pads=[1, 0, 0, 1]),
+             n("Relu", ["c"], ["r"]), n("GlobalAveragePool", ["r"], ["p"]), n("Flatten", ["p"], ["f"]),
+             n("MatMul", ["f", "fc"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(np.array([0, 0, 0, 1, 0, 0, 2, 1], np.int64), "pads"),
+             onnx.numpy_helper.from_array(np.array(fill, np.float32), "fill"),
+             onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "fc")]
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 3, 15, 15])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    ops = [node.op_type for node in load_for_rewriting(model).graph]
+    assert ("Pad" in ops) == (fill != 0.0)
+    explain = augment_model(model, input_gradients=True)
+    x = rng.standard_normal((2, 3, 15, 15)).astype(np.float32)
+    out = run_explain(explain, x, np.array([-1, 2]))
+    np.testing.assert_array_equal(out["y"], _run(model, {"image": x})[0])
+    conv = next(node for node in explain.graph.node if node.op_type == "Conv")
+    pads = next(a.ints for a in conv.attribute if a.name == "pads")
+    assert list(pads) == ([1, 1, 2, 2] if fill == 0.0 else [1, 0, 0, 1])  # begins (H, W), then ends
+    # the input gradient through the folded pair, against central differences of the logit
+    eps, i = 1e-2, (0, 1, 7, 4)
+    plus, minus = x.copy(), x.copy()
+    plus[i] += eps
+    minus[i] -= eps
+    logit = int(out[contract.TARGET_CLASS][0])
+    fd = (_run(model, {"image": plus})[0][0, logit] - _run(model, {"image": minus})[0][0, logit]) / (2 * eps)
+    assert abs(out[contract.GRAD_INPUT][i] - fd) <= 1e-2 * max(1.0, abs(fd))

@@ -13,7 +13,9 @@ onnx-ir pass here, run in this order by :func:`normalize_model`:
 4. :class:`FoldShapeComputationsPass` - integer shape computations (``Shape -> Gather ->
    Concat -> Reshape``, computed pads) folded to constants by onnxscript's folder;
    float computations are never touched, so the model's own outputs stay bit for bit;
-5. ONNX shape inference with data propagation.
+5. :class:`FoldPadIntoConvPass` - a zero ``Pad`` feeding only a ``Conv`` (TorchScript's
+   TF-style "same" padding) becomes the convolution's own pads: same numbers, bit for bit;
+6. ONNX shape inference with data propagation.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedN
 
 from onnx_explain.errors import ModelError
 from onnx_explain.normalize.fix_image_size import FixImageSizePass
+from onnx_explain.normalize.fold_pad_into_conv import FoldPadIntoConvPass
 from onnx_explain.normalize.fold_shape_computations import FoldShapeComputationsPass
 from onnx_explain.normalize.infer_shapes import InferShapesPass
 from onnx_explain.normalize.upgrade_opset import MAX_OPSET, MIN_OPSET, UpgradeOpsetPass, opset_of
@@ -32,6 +35,7 @@ __all__ = [
     "normalize_model",
     "FixImageSizePass",
     "FoldShapeComputationsPass",
+    "FoldPadIntoConvPass",
     "InferShapesPass",
     "UpgradeOpsetPass",
     "MIN_OPSET",
@@ -55,6 +59,7 @@ def normalize_model(model: onnx.ModelProto | ir.Model, size: tuple[int, int] | N
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         *([FixImageSizePass(size)] if image else []),
         FoldShapeComputationsPass(),
+        FoldPadIntoConvPass(),
         RemoveUnusedNodesPass(),
         InferShapesPass(),
     ]
