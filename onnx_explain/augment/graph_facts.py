@@ -132,11 +132,3 @@ def channel_axes(graph: ir.Graph, classifier: Classifier) -> dict[ir.Value, int]
                 if src is not None:
                     axes[out] = axes[src]
     return axes
-
-
-def activation_layout(value: ir.Value, classifier: Classifier, axes: dict[ir.Value, int] | None = None) -> str:
-    """"NHWC" where the channel axis provably is the last one, else "NCHW"."""
-    if axes is None:
-        graph = value.graph if value.graph is not None else classifier.image.graph
-        axes = channel_axes(graph, classifier)
-    return "NHWC" if axes.get(value) == 3 else "NCHW"

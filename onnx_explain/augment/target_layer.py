@@ -104,11 +104,6 @@ def layer_report(graph: ir.Graph, clf: Classifier) -> list[Candidate]:
     return out
 
 
-def candidate_layers(graph: ir.Graph, clf: Classifier) -> list[Candidate]:
-    """The usable target layers, in graph order."""
-    return [c for c in layer_report(graph, clf) if c.usable]
-
-
 def choose_target_layer(graph: ir.Graph, clf: Classifier, name: str | None = None) -> Candidate:
     """The value named ``name``, or the default: the last usable one on every path.
 
