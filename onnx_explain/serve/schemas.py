@@ -54,6 +54,19 @@ MODEL_READY = {
     "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
 }
 
+# A tensor as the protocol writes it, in requests (inputs) and responses (outputs) alike.
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": _SHAPE,
+        "datatype": {"type": "string"},
+        "parameters": _PARAMETERS,
+        "data": {"type": "array"},
+    },
+}
+
 INFERENCE_REQUEST = {
     "type": "object",
     "required": ["inputs"],
@@ -62,17 +75,7 @@ INFERENCE_REQUEST = {
         "parameters": _PARAMETERS,
         "inputs": {
             "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "shape", "datatype"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "shape": _SHAPE,
-                    "datatype": {"type": "string"},
-                    "parameters": _PARAMETERS,
-                    "data": {"type": "array"},
-                },
-            },
+            "items": _TENSOR,
         },
         "outputs": {
             "type": "array",
@@ -95,17 +98,7 @@ INFERENCE_RESPONSE = {
         "parameters": _PARAMETERS,
         "outputs": {
             "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "shape", "datatype"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "shape": _SHAPE,
-                    "datatype": {"type": "string"},
-                    "parameters": _PARAMETERS,
-                    "data": {"type": "array"},
-                },
-            },
+            "items": _TENSOR,
         },
     },
 }
