@@ -122,6 +122,17 @@ def _fail_cleanly(fn: Callable) -> Callable:
     return wrapper
 
 
+@contextlib.contextmanager
+def _naming(model: str):
+    """A model error raised while analysing ``model`` (a proto, which knows no path) names the file."""
+    from onnx_explain.errors import ModelError
+
+    try:
+        yield
+    except ModelError as exc:
+        raise Failure(f"{model}: {exc}") from None
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -406,16 +417,8 @@ def augment(model: str, out: str, layer: str | None, input_gradients: bool, grad
     image = _image_input_dims(plain)
 
     changes: dict[str, Any] = {}
-    if size:
+    if size:  # one that contradicts a fixed input is refused by augment_model, before any work
         changes["size"] = _size_option(size)
-        if image is not None:
-            name, dims, layout = image
-            fixed = (dims[2], dims[3]) if layout == "NCHW" else (dims[1], dims[2])
-            if any(isinstance(d, int) and d > 0 and d != s for d, s in zip(fixed, changes["size"])):
-                shown = "x".join(str(d) for d in fixed)
-                shape = ", ".join(str(d) if d else "?" for d in dims)
-                raise Failure(f"{model}: --size {size} contradicts the input {name!r}, of fixed shape [{shape}] "
-                              f"(height x width {shown}); leave --size out")
     if mean:
         changes["mean"] = _floats(mean)
     if std:
@@ -473,7 +476,7 @@ def augment(model: str, out: str, layer: str | None, input_gradients: bool, grad
 
     settle_labels(classes)  # before the work, when the file says how many classes
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _naming(model):
         warnings.simplefilter("always", SmallTargetLayerWarning)
         explain = augment_model(plain, layer=layer, preprocess=pre, labels=names, on_demand=on_demand, pixels=pixels,
                                 top_k=top_k, **_outputs_request(outputs, input_gradients, gradcam))
@@ -538,7 +541,8 @@ def inspect(model: str, as_json: bool, size: str | None) -> None:
         info["labels"] = len(meta.labels) if meta.labels else 0
         info["cam_head"] = meta.cam
     else:
-        clf, layers, chosen = inspect_layers(proto, size=_size_option(size) if size else None)
+        with _naming(model):
+            clf, layers, chosen = inspect_layers(proto, size=_size_option(size) if size else None)
         info["classes"] = clf.num_classes
         info["ends_in_softmax"] = clf.ends_in_softmax
         info["layout"] = clf.layout
@@ -563,7 +567,8 @@ def inspect(model: str, as_json: bool, size: str | None) -> None:
     for v in info["outputs"]:
         click.echo(f"  output  {v['name']:<24} {v['type']} {v['shape']}")
     if meta is not None:
-        click.echo(f"  target layer: {meta.target_layer}; score: {meta.score}; labels: {info['labels']}")
+        click.echo(f"  target layer: {meta.target_layer}; score: {meta.score}; "
+                   f"labels: {info['labels'] or 'none (classes shown by index)'}")
         click.echo(f"  preprocess: {info['preprocess']}")
         click.echo(f"  CAM head: {info['cam_head'] or 'none (use gradcam)'}")
     else:
@@ -583,7 +588,8 @@ def inspect(model: str, as_json: bool, size: str | None) -> None:
                 click.echo(f"     {c['name']:<40} {c['op']:<18} {c['reason']}")
         if info["default_layer"] is None:
             click.echo("  no default target layer: name one with --layer")
-        click.echo(f"  run: onnx-explain augment {model} -o explain.onnx [--layer NAME]")
+        size_flag = f" --size {size}" if size else ""
+        click.echo(f"  run: onnx-explain augment {model} -o explain.onnx{size_flag} [--layer NAME]")
 
 
 def _value_info(v) -> dict[str, Any]:

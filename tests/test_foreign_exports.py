@@ -170,7 +170,7 @@ def test_dynamic_height_width_is_fixed_from_the_size(name):
 
 def test_a_size_contradicting_the_fixed_input_is_refused():
     plain = torchscript(_module("resnet18", 64), 64)
-    with pytest.raises(ModelError, match=r"size 96x96 contradicts the fixed shape .* 'input'"):
+    with pytest.raises(ModelError, match=r"--size 96x96 contradicts the fixed shape \[.*\] of the image input 'input'"):
         augment_model(plain, preprocess=contract.Preprocess(size=(96, 96)))
 
 
@@ -286,12 +286,17 @@ def test_cli_dynamic_size_needs_size_and_warns_on_small_maps(tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["augment", str(src), "-o", str(tmp_path / "a.onnx")])
     assert res.exit_code == 2 and "dynamic height/width" in res.output and "--size" in res.output
+    assert res.output.startswith(f"error: {src}: ")  # the file is named
     assert not (tmp_path / "a.onnx").exists()
     res = runner.invoke(main, ["augment", str(src), "--mean", "0.5,0.5,0.5", "-o", str(tmp_path / "a.onnx")])
     assert res.exit_code == 2 and "--size" in res.output, res.output  # never a silent 224
     res = runner.invoke(main, ["augment", str(src), "--size", "64x64", "-o", str(tmp_path / "a.onnx")])
     assert res.exit_code == 0, res.output
     assert "warning:" in res.output and "2x2 map" in res.output
+    res = runner.invoke(main, ["inspect", str(src)])
+    assert res.exit_code == 2 and res.output.startswith(f"error: {src}: ") and "--size" in res.output
+    res = runner.invoke(main, ["inspect", str(src), "--size", "64"])
+    assert res.exit_code == 0 and f"augment {src} -o explain.onnx --size 64" in res.output, res.output
     res = runner.invoke(main, ["inspect", str(src), "--size", "64", "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)

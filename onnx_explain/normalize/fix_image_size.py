@@ -26,17 +26,18 @@ class FixImageSizePass(ir.passes.InPlacePass):
         layout = input_layout(image)
         hw_axes = (2, 3) if layout == "NCHW" else (1, 2)
         current = tuple(dims[a] if isinstance(dims[a], int) else None for a in hw_axes)
-        shown = [d if isinstance(d, int) else "?" if d is None or d.value is None else d.value for d in dims]
+        shown = "[" + ", ".join(str(d) if isinstance(d, int) else "?" if d is None or d.value is None else d.value
+                                for d in dims) + "]"
         if self.size is None:
             if None in current:
                 raise ModelError(
                     f"the image input {image.name!r} has a dynamic height/width {shown}: give the size the "
-                    "model expects (augment --size HxW)")
+                    "model expects with --size HxW")
             return ir.passes.PassResult(model, modified=False)
         if any(c is not None and c != s for c, s in zip(current, self.size)):
             raise ModelError(
-                f"size {self.size[0]}x{self.size[1]} contradicts the fixed shape {shown} of the image input "
-                f"{image.name!r}")
+                f"--size {self.size[0]}x{self.size[1]} contradicts the fixed shape {shown} of the image input "
+                f"{image.name!r} (height x width {'x'.join(str(c or '?') for c in current)}); leave --size out")
         if None not in current:
             return ir.passes.PassResult(model, modified=False)
         for axis, value in zip(hw_axes, self.size):
