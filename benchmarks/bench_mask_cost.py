@@ -12,7 +12,16 @@ HardSigmoid (MobileNetV3), also that run with their backward reduced to dy and d
 (a wrong gradient again; the forward keeps ONNX Runtime's Conv+HardSwish fusion, since
 nothing reads the convolution's output any more): what any exact form of theirs can save.
 
+Last, the same run with every activation's backward reduced to one multiplication of the
+gradient by a tensor the activation's rule reads anyway (the output for ReLU / ReLU6, the
+input for HardSwish / HardSigmoid): a wrong gradient once more, and a lower bound for any
+exact form made of ONNX operators, since each must pass over the gradient at least once and
+ONNX Runtime fuses no elementwise operator into a convolution's backward.
+
     python benchmarks/bench_mask_cost.py [--models resnet50,efficientnet_lite0,mobilenet_v3_small] [--batches 1,8]
+    python benchmarks/bench_mask_cost.py --models efficientnet_lite0@torchscript,mobilenet_v3_small --batches 8
+
+``NAME@torchscript`` exports with the TorchScript exporter, as in ``bench_explain.py``.
 """
 
 from __future__ import annotations
@@ -73,6 +82,26 @@ def hard_masks_removed():
         RULES.update(saved)
 
 
+@contextlib.contextmanager
+def one_multiply_per_activation():
+    """While active, each activation's backward is ``dy`` times what its exact rule reads."""
+    import onnx_explain.autodiff.rules  # noqa: F401  (registers the rules first)
+
+    def by_output(ctx):
+        return [ctx.op("Mul", ctx.dy[0], ctx.y)] + [None] * (len(ctx.node.inputs) - 1)
+
+    def by_input(ctx):
+        return [ctx.op("Mul", ctx.dy[0], ctx.x)]
+
+    swapped = {"Relu": by_output, "Clip": by_output, "HardSwish": by_input, "HardSigmoid": by_input}
+    saved = {op: RULES[op] for op in swapped}
+    RULES.update(swapped)
+    try:
+        yield
+    finally:
+        RULES.update(saved)
+
+
 def _options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -98,9 +127,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"onnxruntime {ort.__version__}, {args.threads} threads, 224x224, median of {args.rounds} interleaved rounds")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            plain_path = Path(tmp) / f"{name}.onnx"
-            plain = export_plain(name, plain_path, input_size=224).model
+        for spec in args.models.split(","):
+            name, _, exporter = spec.partition("@")
+            plain_path = Path(tmp) / f"{spec}.onnx"
+            plain = export_plain(name, plain_path, input_size=224, dynamo=exporter != "torchscript").model
             explain = augment_model(plain, input_gradients=True)
             inputs = ["input", contract.TARGET]
             pruned = prune(explain, inputs, OUTPUTS)
@@ -114,6 +144,10 @@ def main() -> None:
                 with hard_masks_removed():
                     unmasked = prune(augment_model(plain, input_gradients=True), inputs, OUTPUTS)
                 sessions["... in NCHWc, no HardSwish masks"] = (_blocked_session(unmasked, args.threads, tmp), True)
+            with one_multiply_per_activation():
+                bound = prune(augment_model(plain, input_gradients=True), inputs, OUTPUTS)
+            sessions["... in NCHWc, one multiply per activation"] = (
+                _blocked_session(bound, args.threads, tmp) or _session(bound, args.threads), True)
             for batch in [int(b) for b in args.batches.split(",")]:
                 x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
                 feeds = {"input": x, contract.TARGET: np.full(batch, -1, dtype=np.int64)}
@@ -128,7 +162,7 @@ def main() -> None:
                         times[k].append(time.perf_counter() - t0)
                 med = {k: statistics.median(v) for k, v in times.items()}
                 forward = med["forward"]
-                print(f"{name}, batch {batch}: " + ", ".join(f"{k} {1000 * v:.1f} ms ({v / forward:.2f} x)" for k, v in med.items()))
+                print(f"{spec}, batch {batch}: " + ", ".join(f"{k} {1000 * v:.1f} ms ({v / forward:.2f} x)" for k, v in med.items()))
 
 
 if __name__ == "__main__":
