@@ -84,8 +84,7 @@ def augment_model(
     wanted = _wanted_outputs(outputs, input_gradients, guided, gradcam)
     old = {p.key: p.value for p in model.metadata_props}
     plain = contract.read_plain_metadata(old)
-    size_source = preprocess or plain.get("preprocess")
-    irm = load_for_rewriting(model, size=None if size_source is None else tuple(size_source.size))
+    irm = load_for_rewriting(model, size=_declared_size(model, preprocess))
     graph = irm.graph
     clf = find_classifier(graph)
     cand = choose_target_layer(graph, clf, layer)
@@ -203,6 +202,13 @@ class _KeepOutputsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
+def _declared_size(model: onnx.ModelProto, preprocess: contract.Preprocess | None) -> tuple[int, int] | None:
+    """The image size the user gave (``preprocess``), else the one in the model's metadata:
+    what fixes a dynamic height/width."""
+    source = preprocess or contract.read_plain_metadata({p.key: p.value for p in model.metadata_props}).get("preprocess")
+    return None if source is None else tuple(source.size)
+
+
 def _default_preprocess(clf: Classifier) -> contract.Preprocess:
     h, w = clf.spatial_size
     return contract.Preprocess(size=(h, w), layout=clf.layout)
@@ -213,10 +219,7 @@ def inspect_layers(model: onnx.ModelProto, size: tuple[int, int] | None = None
     """The classifier facts, every 4-D activation between the image and the logits (each
     with the reason it is not usable, if it is not), and the one chosen by default (``None``
     when none is usable). ``size`` fixes a dynamic image size, as for :func:`augment_model`."""
-    if size is None:
-        meta = contract.read_plain_metadata({p.key: p.value for p in model.metadata_props}).get("preprocess")
-        size = None if meta is None else tuple(meta.size)
-    irm = load_for_rewriting(model, size=size)
+    irm = load_for_rewriting(model, size=size or _declared_size(model, None))
     clf = find_classifier(irm.graph)
     report = layer_report(irm.graph, clf)
     try:
