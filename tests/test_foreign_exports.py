@@ -234,6 +234,40 @@ def test_channels_last_keras_style(pooling, opset):
     _assert_exact(out[contract.GRAD_INPUT], dx, dx, "keras-style grad_input")
 
 
+@pytest.mark.parametrize("pooling", ["gap", "reduce_mean"])
+def test_channels_last_target_layer_gets_the_in_graph_maps(pooling):
+    """A channels-last target layer (what tf2onnx leaves where its transpose optimiser gives
+    up) still gets the command line's default outputs, in-graph maps included: each the
+    Grad-CAM / Grad-CAM++ / LayerCAM of the float64 reference's activations and gradients."""
+    from onnx_explain.methods import create, normalize01
+    from onnx_explain.preprocess import Geometry
+
+    net = KerasStyle(pooling=pooling)
+    maps = {"gradcam": "gradcam", "gradcam_plusplus": "gradcam++", "layercam": "layercam"}
+    explain = augment_model(net.onnx(), outputs=[contract.TARGET_CLASS, contract.ACTIVATIONS,
+                                                 contract.GRAD_ACTIVATIONS, *maps])
+    x = np.random.default_rng(5).standard_normal((3, net.size, net.size, 3)).astype(np.float32)
+    target = np.array([-1, 1, 3])
+    out = run_explain(explain, x, target)
+    chosen, a, da, _ = net.reference(x, target)
+    np.testing.assert_array_equal(out[contract.TARGET_CLASS], chosen)
+
+    class Reference:  # the float64 reference's activations and gradients, as the methods read them
+        output_names = [contract.ACTIVATIONS, contract.GRAD_ACTIVATIONS]
+
+        def __call__(self, *_args, **_kwargs):
+            return {contract.TARGET_CLASS: chosen, contract.SCORE: np.zeros(len(chosen)),  # the maps do not read it
+                    contract.ACTIVATIONS: a, contract.GRAD_ACTIVATIONS: da}
+
+    h = w = net.size
+    geometry = Geometry((h, w), (h, w), (h, w), (0, 0))
+    for output, method in maps.items():
+        result = create(method, Reference()).attribute(x, target)
+        for i, raw in enumerate(normalize01(result.maps)):
+            diff = float(np.abs(out[output][i] - geometry.to_original(raw)).max())
+            assert diff <= 1e-4, f"{output}[{i}]: {diff}"
+
+
 def test_inspect_says_why_values_are_not_candidates():
     net = KerasStyle(pooling="reduce_mean")
     clf, layers, chosen = inspect_layers(net.onnx())

@@ -25,6 +25,7 @@ class AddGradientsPass(ir.passes.InPlacePass):
         a, da = layer.value, grads[layer.value]
         if layer.layout == "NHWC":  # the contract's activations are channel-first
             a, da = em.op("Transpose", a, perm=[0, 3, 1, 2]), em.op("Transpose", da, perm=[0, 3, 1, 2])
+            a.dtype = da.dtype = layer.value.dtype  # what the in-graph maps read
         dims = [clf.image.shape[0], layer.channels, layer.height, layer.width]
         plan.activations, plan.grad_activations = a, da
         plan.add_output(graph, contract.ACTIVATIONS, a, layer.value.dtype, dims)
