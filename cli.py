@@ -483,6 +483,12 @@ def augment(model: str, out: str, layer: str | None, input_gradients: bool, grad
     for w in caught:
         if issubclass(w.category, SmallTargetLayerWarning):
             click.echo(f"warning: {model}: {w.message}", err=True)
+    if pre is None:  # neither the file nor the command line said: say what was assumed
+        used = contract.ExplainMetadata.from_props({p.key: p.value for p in explain.metadata_props}).preprocess
+        click.echo(f"note: {model} carries no preprocessing: assumed {used.color}, scale {used.scale:.6g}, "
+                   f"mean {list(used.mean)}, std {list(used.std)}, resize {used.resize} (torchvision's ImageNet "
+                   "recipe); where the model was trained otherwise (Keras' caffe or [-1, 1] inputs, BGR, ...), "
+                   "give --scale/--mean/--std/--color/--resize", err=True)
     if classes is None:
         settle_labels(_declared_classes(explain))
         if found_in is not None:  # found only now: into the explain model's metadata

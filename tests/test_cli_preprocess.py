@@ -349,3 +349,21 @@ def test_size_for_a_dynamic_input_is_passed_on(tiny, tmp_path, monkeypatch):
     assert pre.size == (48, 64) and pre.layout == "NCHW"
     assert (pre.resize, pre.resize_shorter) == ("center_crop", 56)
     assert out.is_file()
+
+
+def test_assumed_preprocessing_is_said(tiny, tmp_path):
+    """A file with no preprocessing of its own, augmented with no preprocessing flags: the
+    command says what it assumed; given a flag, or a file that carries it, it says nothing."""
+    bare = onnx.load(str(tiny.plain))
+    del bare.metadata_props[:]
+    src = tmp_path / "bare.onnx"
+    onnx.save(bare, str(src))
+    r = invoke("augment", src, "-o", tmp_path / "a.onnx")
+    assert r.exit_code == 0, r.output
+    (note,) = [ln for ln in r.output.splitlines() if ln.startswith("note:")]
+    assert str(src) in note and "scale 0.00392157" in note and "[0.485, 0.456, 0.406]" in note and "--mean" in note
+    assert read_meta(tmp_path / "a.onnx").preprocess.mean == (0.485, 0.456, 0.406)  # what it said
+    r = invoke("augment", src, "-o", tmp_path / "b.onnx", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5")
+    assert r.exit_code == 0 and "note:" not in r.output, r.output
+    r = invoke("augment", tiny.plain, "-o", tmp_path / "c.onnx")  # our exporter writes the preprocessing
+    assert r.exit_code == 0 and "note:" not in r.output, r.output
