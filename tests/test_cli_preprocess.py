@@ -365,5 +365,8 @@ def test_assumed_preprocessing_is_said(tiny, tmp_path):
     assert read_meta(tmp_path / "a.onnx").preprocess.mean == (0.485, 0.456, 0.406)  # what it said
     r = invoke("augment", src, "-o", tmp_path / "b.onnx", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5")
     assert r.exit_code == 0 and "note:" not in r.output, r.output
-    r = invoke("augment", tiny.plain, "-o", tmp_path / "c.onnx")  # our exporter writes the preprocessing
+    carrying = onnx.load(str(src))  # as our exporter writes it
+    carrying.metadata_props.add(key="onnx_explain.preprocess", value=contract.Preprocess(size=(32, 32)).to_json())
+    onnx.save(carrying, str(tmp_path / "carrying.onnx"))
+    r = invoke("augment", tmp_path / "carrying.onnx", "-o", tmp_path / "c.onnx")
     assert r.exit_code == 0 and "note:" not in r.output, r.output
