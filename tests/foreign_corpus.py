@@ -165,3 +165,114 @@ class KerasStyle:
         chosen = torch.where(t < 0, logits.argmax(1), t)
         logits.gather(1, chosen[:, None]).sum().backward()
         return chosen.numpy(), a.detach().numpy(), a.grad.numpy(), xt.grad.numpy()
+
+
+# ---------------------------------------------------------------------------------------
+# timm's export idioms (TorchScript, dynamic batch): what real zoo models compute at run time
+# ---------------------------------------------------------------------------------------
+
+
+def _same_padding(size, kernel: int, stride: int):
+    """timm's ``get_same_padding`` as traced: float arithmetic on a size read from the shape."""
+    if isinstance(size, torch.Tensor):
+        return torch.clamp(((size / stride).ceil() - 1) * stride + kernel - size, min=0)
+    return max((-(-size // stride) - 1) * stride + kernel - size, 0)
+
+
+class SamePadding(nn.Module):
+    """TF-style "same" padding computed from ``x.size()`` (timm's ``tf_*`` models)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, stride=2), nn.Conv2d(8, 12, 3, stride=2)
+        self.act1, self.act2 = nn.ReLU6(), nn.ReLU6()
+        self.fc = nn.Linear(12, 6)
+
+    def _pad(self, x):
+        ih, iw = x.size()[-2:]
+        ph, pw = _same_padding(ih, 3, 2), _same_padding(iw, 3, 2)
+        return nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+    def forward(self, x):
+        x = self.act1(self.conv1(self._pad(x)))
+        x = self.act2(self.conv2(self._pad(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class SplitSum(nn.Module):
+    """Split attention's ``x.reshape(B, radix, C // radix, H, W).sum(1)`` (ResNeSt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.pool = nn.Conv2d(3, 16, 3, padding=1), nn.AvgPool2d(2)
+        self.head, self.act = nn.Conv2d(8, 12, 3, padding=1), nn.ReLU()
+        self.fc = nn.Linear(12, 6)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        b, rc, h, w = x.shape
+        x = self.pool(x.reshape((b, 2, rc // 2, h, w)).sum(1))
+        return self.fc(self.act(self.head(x)).mean((2, 3)))
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA's ``view(B, 1, -1)`` -> Conv1d -> ``view(B, -1, 1, 1)`` gate (ECA-ResNet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.eca = nn.Conv2d(3, 16, 3, padding=1), nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.head, self.act = nn.Conv2d(16, 12, 3, padding=1), nn.ReLU()
+        self.fc = nn.Linear(12, 6)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        y = self.eca(x.mean((2, 3)).view(x.shape[0], 1, -1)).view(x.shape[0], -1, 1, 1).sigmoid()
+        return self.fc(self.act(self.head(x * y)).mean((2, 3)))
+
+
+class ClassToken(nn.Module):
+    """A patch embedding, then a class token ``expand(B, -1, -1)``-ed and concatenated (ViT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 16, 8, 8)
+        self.cls = nn.Parameter(torch.randn(1, 1, 16))
+        self.fc = nn.Linear(16, 6)
+
+    def forward(self, x):
+        tokens = self.proj(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1)
+        return self.fc(torch.relu(tokens).mean(1))
+
+
+class SelectiveKernel(nn.Module):
+    """Two dilated paths stacked, attention over them from their pooled sum, a residual
+    (SK-ResNet): with its view target folded, ONNX Runtime fuses the residual differently."""
+
+    def __init__(self, c: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU())
+        self.paths = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, 1, d, dilation=d), nn.BatchNorm2d(c), nn.ReLU())
+                                   for d in (1, 2))
+        self.reduce, self.select = nn.Sequential(nn.Conv2d(c, 8, 1), nn.ReLU()), nn.Conv2d(8, 2 * c, 1)
+        self.conv2, self.act = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.BatchNorm2d(c)), nn.ReLU()
+        self.fc = nn.Linear(c, 6)
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # statistics of a trained network, not the identity
+            for bn in self.modules():
+                if isinstance(bn, nn.BatchNorm2d):
+                    bn.running_mean.normal_(0, 0.1, generator=generator)
+                    bn.running_var.uniform_(0.5, 1.5, generator=generator)
+                    bn.weight.uniform_(0.5, 1.5, generator=generator)
+                    bn.bias.normal_(0, 0.1, generator=generator)
+
+    def forward(self, x):
+        x = self.stem(x)
+        paths = torch.stack([p(x) for p in self.paths], 1)  # B x 2 x C x H x W
+        b, p, c, _, _ = paths.shape
+        attention = self.select(self.reduce(paths.sum(1).mean((2, 3), keepdim=True))).view(b, p, c, 1, 1).softmax(1)
+        return self.fc(self.act(self.conv2((paths * attention).sum(1)) + x).mean((2, 3)))
+
+
+TIMM_IDIOMS = {"same_padding": SamePadding, "split_sum": SplitSum, "eca": EfficientChannelAttention,
+               "class_token": ClassToken, "selective_kernel": SelectiveKernel}

@@ -20,7 +20,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from foreign_corpus import KerasStyle, PaddleStyle, WithSoftmax, dynamo, slimmed, torchscript, weights_in_constants
+from foreign_corpus import (TIMM_IDIOMS, KerasStyle, PaddleStyle, WithSoftmax, dynamo, slimmed, torchscript,
+                            weights_in_constants)
 from test_model_gradients import KWARGS, _assert_exact, _well_conditioned_inputs
 from torch import nn
 from torch_reference import autograd, run_explain
@@ -144,6 +145,19 @@ def test_every_architecture_from_both_exporters(name, exporter):
     module = _module(name, size)
     plain = torchscript(module, size) if exporter == "torchscript" else dynamo(module, size)
     _check_against_autograd(plain, _augment(plain), module, size, f"{name} ({exporter})")
+
+
+@pytest.mark.parametrize("idiom", sorted(TIMM_IDIOMS))
+def test_timm_export_idioms(idiom):
+    """Sizes computed at run time from a dynamic batch or with float arithmetic (timm's
+    TF "same" padding, split attention, ECA, a ViT class token, selective kernels)."""
+    torch.manual_seed(0)
+    module = TIMM_IDIOMS[idiom]().eval()
+    plain = torchscript(module, 64)
+    explain = _augment(plain)
+    _check_against_autograd(plain, explain, module, 64, idiom)
+    # the file's forward is the original's, node for node: ONNX Runtime optimises it alike
+    assert list(explain.graph.node)[: len(plain.graph.node)] == list(plain.graph.node)
 
 
 # ---------------------------------------------------------------------------------------
@@ -340,8 +354,9 @@ def test_cli_dynamic_size_needs_size_and_warns_on_small_maps(tmp_path):
 
 @pytest.mark.parametrize("fill", [0.0, 1.5])
 def test_zero_pad_before_conv_becomes_the_convs_pads(fill):
-    """TorchScript's TF-style "same" padding: an explicit Pad feeding a Conv. A zero pad is
-    folded into the Conv (same numbers, bit for bit); any other fill value is left alone."""
+    """TorchScript's TF-style "same" padding: an explicit Pad feeding a Conv. For the analysis a
+    zero pad is folded into the Conv (its gradient then needs no slicing); any other fill value
+    is left alone."""
     from onnx_explain.ir_utils import load_for_rewriting
 
     rng = np.random.default_rng(1)
@@ -358,15 +373,16 @@ def test_zero_pad_before_conv_becomes_the_convs_pads(fill):
         nodes, "g", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 3, 15, 15])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5])], inits)
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    ops = [node.op_type for node in load_for_rewriting(model).graph]
-    assert ("Pad" in ops) == (fill != 0.0)
+    analysed = load_for_rewriting(model).graph
+    assert ("Pad" in [node.op_type for node in analysed]) == (fill != 0.0)
+    conv = next(node for node in analysed if node.op_type == "Conv")
+    assert list(conv.attributes["pads"].value) == ([1, 1, 2, 2] if fill == 0.0 else [1, 0, 0, 1])  # begins, ends
     explain = augment_model(model, input_gradients=True)
     x = rng.standard_normal((2, 3, 15, 15)).astype(np.float32)
     out = run_explain(explain, x, np.array([-1, 2]))
     np.testing.assert_array_equal(out["y"], _run(model, {"image": x})[0])
-    conv = next(node for node in explain.graph.node if node.op_type == "Conv")
-    pads = next(a.ints for a in conv.attribute if a.name == "pads")
-    assert list(pads) == ([1, 1, 2, 2] if fill == 0.0 else [1, 0, 0, 1])  # begins (H, W), then ends
+    # the gradient is built on the folded pair; the file keeps the original forward
+    assert list(explain.graph.node)[: len(model.graph.node)] == list(model.graph.node)
     # the input gradient through the folded pair, against central differences of the logit
     eps, i = 1e-2, (0, 1, 7, 4)
     plus, minus = x.copy(), x.copy()

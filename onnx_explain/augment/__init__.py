@@ -24,6 +24,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from onnx_explain import contract
+from onnx_explain.augment.original_forward import with_original_forward
 from onnx_explain.augment.add_gradcam import AddGradCamPass, AddMapsPass
 from onnx_explain.augment.add_pixels import AddPixelsInputPass
 from onnx_explain.augment.add_prediction import AddPredictionPass
@@ -86,6 +87,7 @@ def augment_model(
     plain = contract.read_plain_metadata(old)
     irm = load_for_rewriting(model, size=_declared_size(model, preprocess))
     graph = irm.graph
+    forward = {id(n): [v.name if v is not None else None for v in n.inputs] for n in graph}
     clf = find_classifier(graph)
     cand = choose_target_layer(graph, clf, layer)
     plan = ExplainPlan(clf, cand, input_gradients=contract.GRAD_INPUT in wanted,
@@ -137,6 +139,10 @@ def augment_model(
     irm.metadata_props.clear()
     irm.metadata_props.update(props)
     out = ir.to_proto(irm)
+    touched = any(id(n) in forward and forward[id(n)] != [v.name if v is not None else None for v in n.inputs]
+                  for n in graph)
+    if not touched:  # the passes only added nodes: the original file's forward can be kept
+        out = with_original_forward(model, out, [id(n) not in forward for n in graph])
     if on_demand:
         from onnx_explain.gates import gate_outputs
 

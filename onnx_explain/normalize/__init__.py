@@ -10,12 +10,15 @@ onnx-ir pass here, run in this order by :func:`normalize_model`:
    become initializers, as every rule and head detector expects;
 3. :class:`FixImageSizePass` - a dynamic height/width is fixed from the size the user
    gives (or the preprocessing metadata), the batch stays dynamic;
-4. :class:`FoldShapeComputationsPass` - integer shape computations (``Shape -> Gather ->
-   Concat -> Reshape``, computed pads) folded to constants by onnxscript's folder;
-   float computations are never touched, so the model's own outputs stay bit for bit;
+4. :class:`GatherShapeDimsAsVectorsPass` then :class:`FoldShapeComputationsPass` - shape
+   computations (``Shape -> Gather -> Concat -> Reshape``, computed pads, shape arithmetic
+   written with floats) folded to constants by onnxscript's folder; the model's float
+   computations are never touched, so its own outputs stay bit for bit;
 5. :class:`FoldPadIntoConvPass` - a zero ``Pad`` feeding only a ``Conv`` (TorchScript's
    TF-style "same" padding) becomes the convolution's own pads: same numbers, bit for bit;
-6. ONNX shape inference with data propagation.
+6. ONNX shape inference with data propagation;
+7. :class:`InferBatchDependentShapesPass` - sizes computed from a dynamic batch (``x.reshape(B,
+   2, C // 2, H, W)``, ``x.view(B, 1, -1)``) inferred on copies with the batch fixed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from onnx_explain.errors import ModelError
 from onnx_explain.normalize.fix_image_size import FixImageSizePass
 from onnx_explain.normalize.fold_pad_into_conv import FoldPadIntoConvPass
 from onnx_explain.normalize.fold_shape_computations import FoldShapeComputationsPass
+from onnx_explain.normalize.gather_shape_dims_as_vectors import GatherShapeDimsAsVectorsPass
+from onnx_explain.normalize.infer_batch_dependent_shapes import InferBatchDependentShapesPass
 from onnx_explain.normalize.infer_shapes import InferShapesPass
 from onnx_explain.normalize.upgrade_opset import MAX_OPSET, MIN_OPSET, UpgradeOpsetPass, opset_of
 
@@ -36,6 +41,8 @@ __all__ = [
     "FixImageSizePass",
     "FoldShapeComputationsPass",
     "FoldPadIntoConvPass",
+    "GatherShapeDimsAsVectorsPass",
+    "InferBatchDependentShapesPass",
     "InferShapesPass",
     "UpgradeOpsetPass",
     "MIN_OPSET",
@@ -58,10 +65,12 @@ def normalize_model(model: onnx.ModelProto | ir.Model, size: tuple[int, int] | N
         InferShapesPass(),  # types for the passes below
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         *([FixImageSizePass(size)] if image else []),
+        GatherShapeDimsAsVectorsPass(),
         FoldShapeComputationsPass(),
         FoldPadIntoConvPass(),
         RemoveUnusedNodesPass(),
         InferShapesPass(),
+        *([InferBatchDependentShapesPass()] if image else []),
     ]
     try:
         ir.passes.Sequential(*passes)(irm)

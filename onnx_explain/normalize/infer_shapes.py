@@ -17,7 +17,7 @@ _INLINE_LIMIT = 4096  # bytes: small constants stay (data propagation reads them
 
 class InferShapesPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        proto = _without_large_weights(model)
+        proto = without_large_weights(model)
         try:
             inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
         except Exception as exc:
@@ -37,7 +37,7 @@ class InferShapesPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
-def _without_large_weights(model: ir.Model) -> onnx.ModelProto:
+def without_large_weights(model: ir.Model) -> onnx.ModelProto:
     """The model as a proto whose large initializers are declared inputs without data."""
     graph = model.graph
     large = [v for v in graph.initializers.values()
