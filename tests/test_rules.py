@@ -937,11 +937,17 @@ def test_slice(rng):
         _check_slice(rng)
 
 
-def _check_slice(rng):
+def test_slice_strided(rng):
+    """Steps beyond +-1 (``x[:, :, ::2, ::2]``, LeViT's downsampling; reversed with stride)."""
+    for _ in range(3):
+        _check_slice(rng, steps_from=(2, 3, -2, -3, 1))
+
+
+def _check_slice(rng, steps_from=(1, -1)):
     x = rng.standard_normal(_small_shape(rng, int(rng.integers(1, 5)), 1, 6))
     while True:
         axes = [int(a) for a in rng.choice(x.ndim, size=int(rng.integers(1, x.ndim + 1)), replace=False)]
-        steps = [int(rng.choice([1, -1])) for _ in axes]
+        steps = [int(rng.choice(steps_from)) for _ in axes]
         starts = [_slice_bound(rng, x.shape[a]) for a in axes]
         ends = [_slice_bound(rng, x.shape[a]) for a in axes]
         index = [slice(None)] * x.ndim

@@ -88,30 +88,48 @@ def slice_(ctx: RuleContext):
     steps = list(steps_v) if steps_v is not None else [1] * len(starts)
     begin, end = [0] * rank, [0] * rank
     dy = ctx.dy[0]
-    flip_axes = []
+    flip_axes, spread = [], []
+    current = list(dims)  # dy's sizes, as the spreading below goes on
     for s, e, a, st in zip(starts, ends, axes, steps):
-        a = int(a) % rank
+        a, st = int(a) % rank, int(st)
         n = dims[a]
         if n is None:
             raise ctx.unsupported(f"Slice along dynamic axis {a}")
-        if st not in (1, -1):
-            raise ctx.unsupported(f"Slice step {st}")
-        first, stop = _slice_bounds(int(s), int(e), int(st), n)
-        if st == 1:
-            count = max(stop - first, 0)
-            begin[a], end[a] = first, n - first - count
-        else:
-            count = max(first - stop, 0)
-            # elements first, first-1, ..., first-count+1: reversed, they occupy [first-count+1, first]
-            low = first - count + 1
-            begin[a], end[a] = low, n - first - 1
-            flip_axes.append(a)
+        first, stop = _slice_bounds(int(s), int(e), st, n)
+        count = max(-(-(stop - first) // st), 0)  # elements taken: first, first + st, ...
+        low = first if st > 0 else first + (count - 1) * st  # the lowest position taken
+        if st < 0:
+            flip_axes.append(a)  # reversed, they come in ascending order
+        if abs(st) > 1 and count > 0:
+            spread.append((a, abs(st), count))
+        begin[a], end[a] = low, n - low - max(count - 1, 0) * abs(st) - min(count, 1)
+        if count == 0:
+            begin[a], end[a] = 0, n
+        current[a] = count
     if flip_axes:
         dy = ctx.op(
             "Slice", dy, ctx.ints([-1] * len(flip_axes)), ctx.ints([-INT64_MAX] * len(flip_axes)),
             ctx.ints(flip_axes), ctx.ints([-1] * len(flip_axes)),
         )
+    for a, stride, count in spread:
+        dy = _interleave_zeros(ctx, dy, a, stride, count, current)
+        current[a] = (count - 1) * stride + 1
     return [_pad_or_crop(ctx, dy, begin, end)] + [None] * (len(ctx.node.inputs) - 1)
+
+
+def _interleave_zeros(ctx: RuleContext, dy, axis: int, stride: int, count: int, dims: list):
+    """``dy``'s ``count`` elements along ``axis`` placed ``stride`` apart, zeros between,
+    the last one's trailing zeros dropped: the positions a strided Slice took (``dims``:
+    ``dy``'s sizes)."""
+    if any(d is None for d in dims[axis + 1:]):
+        raise ctx.unsupported(f"Slice step {stride} along axis {axis} followed by a dynamic axis")
+    rank = len(dims)
+    wide = ctx.op("Unsqueeze", dy, ctx.ints([axis + 1]))
+    pads = [0] * (rank + 1) * 2
+    pads[rank + 1 + axis + 1] = stride - 1  # zeros after each element
+    wide = ctx.op("Pad", wide, ctx.ints(pads))
+    wide = ctx.op("Reshape", wide, ctx.ints([0] * axis + [count * stride] + [int(d) for d in dims[axis + 1:]]))
+    return ctx.op("Slice", wide, ctx.ints([0]), ctx.ints([(count - 1) * stride + 1]), ctx.ints([axis]))
 
 
 @register("Pad")
