@@ -130,7 +130,7 @@ def _naming(model: str):
     try:
         yield
     except ModelError as exc:
-        raise Failure(f"{model}: {exc}") from None
+        raise Failure(f"{model}: {exc}") from exc  # --debug shows where it came from
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -582,7 +582,13 @@ def inspect(model: str, as_json: bool, size: str | None) -> None:
         click.echo(f"  classes: {info['classes']}, layout {info['layout']} {h}x{w}, "
                    f"ends in softmax: {info['ends_in_softmax']}")
         click.echo("  candidate target layers (* = default: the last one every path goes through):")
-        for c in info["candidate_layers"][-12:]:
+        shown = info["candidate_layers"][-12:]
+        default = [c for c in info["candidate_layers"] if c["name"] == info["default_layer"]]
+        if default and default[0] not in shown:  # the default is always listed
+            shown = default + shown[1:]
+        if len(info["candidate_layers"]) > len(shown):
+            click.echo(f"  ({len(info['candidate_layers']) - len(shown)} earlier candidates not shown; --json lists all)")
+        for c in shown:
             mark = "*" if c["name"] == info["default_layer"] else " "
             note = "  (bypassed by a skip path)" if c["bypassed"] else ""
             if c["height"] <= 2 and c["width"] <= 2:

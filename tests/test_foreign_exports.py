@@ -391,3 +391,32 @@ def test_zero_pad_before_conv_becomes_the_convs_pads(fill):
     logit = int(out[contract.TARGET_CLASS][0])
     fd = (_run(model, {"image": plus})[0][0, logit] - _run(model, {"image": minus})[0][0, logit]) / (2 * eps)
     assert abs(out[contract.GRAD_INPUT][i] - fd) <= 1e-2 * max(1.0, abs(fd))
+
+
+def test_inspect_always_lists_the_default_layer(tmp_path):
+    """Fourteen bypassed branch maps after the default layer: the default still gets its '*'
+    line in the text listing (which shows the last dozen), and the rest are counted."""
+    from click.testing import CliRunner
+
+    from onnx_explain.command.cli import main
+
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+            self.branches = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in range(14))
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.act(self.stem(x))
+            return self.fc(sum(b(x) for b in self.branches).mean((2, 3)))
+
+    torch.manual_seed(0)
+    src = tmp_path / "branches.onnx"
+    onnx.save(torchscript(Branches(), 16), src)
+    res = CliRunner().invoke(main, ["inspect", str(src)])
+    assert res.exit_code == 0, res.output
+    default = json.loads(CliRunner().invoke(main, ["inspect", str(src), "--json"]).output)["default_layer"]
+    starred = [line for line in res.output.splitlines() if line.strip().startswith("*")]
+    assert len(starred) == 1 and default in starred[0], res.output
+    assert "earlier candidates not shown; --json lists all" in res.output
