@@ -32,6 +32,16 @@ def _used_names(nodes) -> set[str]:
     return names
 
 
+def _live(nodes: list, outputs: set[str]) -> list:
+    """``nodes`` less those no graph output depends on (a dead branch of the original)."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(_used_names([node]))
+    return kept[::-1]
+
+
 def with_original_forward(original: onnx.ModelProto, augmented: onnx.ModelProto,
                           added: list[bool]) -> onnx.ModelProto:
     """``augmented`` with its forward nodes replaced by ``original``'s; ``added[i]`` tells
@@ -57,8 +67,9 @@ def with_original_forward(original: onnx.ModelProto, augmented: onnx.ModelProto,
     result.CopyFrom(augmented)
     g = result.graph
     del g.node[:], g.initializer[:], g.value_info[:]
-    g.node.extend(list(forward.node) + new_nodes)
-    g.initializer.extend(list(forward.initializer) + carried)
+    g.node.extend(_live(list(forward.node) + new_nodes, {o.name for o in graph.output}))
+    read = _used_names(g.node) | {o.name for o in graph.output} | inputs
+    g.initializer.extend(t for t in list(forward.initializer) + carried if t.name in read)
     g.value_info.extend([v for v in forward.value_info if v.name in produced and v.name not in inputs])
     g.value_info.extend([v for v in graph.value_info if v.name in made])
     del g.sparse_initializer[:]
