@@ -541,6 +541,10 @@ def inspect(model: str, as_json: bool, size: str | None) -> None:
         "outputs": [_value_info(v) for v in proto.graph.output],
     }
     if meta is not None:
+        from onnx_explain.gates import read_gates
+
+        # on-demand outputs: each computed only when its flag (an optional bool input) is fed true
+        info["on_demand"] = [{"output": out, "flag": flag} for out, flag in read_gates(proto).items()]
         info["target_layer"] = meta.target_layer
         info["score"] = meta.score
         info["preprocess"] = json.loads(meta.preprocess.to_json()) if meta.preprocess else None
@@ -570,6 +574,9 @@ def inspect(model: str, as_json: bool, size: str | None) -> None:
     click.echo(f"{model}: {'explain model' if meta else 'plain ONNX model'} (opset {info['opset']})")
     for v in info["inputs"]:
         click.echo(f"  input   {v['name']:<24} {v['type']} {v['shape']}")
+    for gate in info.get("on_demand", []):
+        click.echo(f"  input   {gate['flag']:<24} bool [] optional, default false: feed true to compute "
+                   f"{gate['output']!r} (else it has 0 rows)")
     for v in info["outputs"]:
         click.echo(f"  output  {v['name']:<24} {v['type']} {v['shape']}")
     if meta is not None:
