@@ -934,14 +934,18 @@ def explain(model: str, images: tuple[str, ...], method: str, target: str, out_d
     sys.exit(status)
 
 
-def _run_explain_ray(model, images, methods, target, out_dir, batch_size, threads, colormap, alpha, top_k,
-                     as_json, max_pixels, ray_address, actors) -> int:
-    if len(methods) != 1:
-        raise Failure("--ray explains one method per run (its Parquet parts are keyed by file)")
+def _require_ray() -> None:
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
         raise Failure("--ray needs Ray: pip install 'onnx-explain[ray]'")
+
+
+def _run_explain_ray(model, images, methods, target, out_dir, batch_size, threads, colormap, alpha, top_k,
+                     as_json, max_pixels, ray_address, actors) -> int:
+    if len(methods) != 1:
+        raise Failure("--ray explains one method per run (its Parquet parts are keyed by file)")
+    _require_ray()
     from onnx_explain import ray_batch
     from onnx_explain.explainer import Explainer
 
@@ -1115,10 +1119,7 @@ def serve(model: str, host: str, port: int, name: str | None, max_batch_size: in
     except ValueError as err:
         raise Failure(str(err)) from None
     if use_ray or ray_address:
-        import importlib.util
-
-        if importlib.util.find_spec("ray") is None:
-            raise Failure("--ray needs Ray: pip install 'onnx-explain[ray]'")
+        _require_ray()
         import dataclasses
 
         from onnx_explain import ray_serve

@@ -87,7 +87,7 @@ def augment_model(
     plain = contract.read_plain_metadata(old)
     irm = load_for_rewriting(model, size=_declared_size(model, preprocess))
     graph = irm.graph
-    forward = {id(n): [v.name if v is not None else None for v in n.inputs] for n in graph}
+    forward = {id(n): _input_names(n) for n in graph}
     clf = find_classifier(graph)
     cand = choose_target_layer(graph, clf, layer)
     plan = ExplainPlan(clf, cand, input_gradients=contract.GRAD_INPUT in wanted,
@@ -139,8 +139,7 @@ def augment_model(
     irm.metadata_props.clear()
     irm.metadata_props.update(props)
     out = ir.to_proto(irm)
-    touched = any(id(n) in forward and forward[id(n)] != [v.name if v is not None else None for v in n.inputs]
-                  for n in graph)
+    touched = any(id(n) in forward and forward[id(n)] != _input_names(n) for n in graph)
     if not touched:  # the passes only added nodes: the original file's forward can be kept
         out = with_original_forward(model, out, [id(n) not in forward for n in graph])
     if on_demand:
@@ -206,6 +205,10 @@ class _KeepOutputsPass(ir.passes.InPlacePass):
         graph.outputs.extend(own + added)
         self.plan.outputs = {v.name: v.name for v in added}
         return ir.passes.PassResult(model, modified=modified)
+
+
+def _input_names(node: ir.Node) -> list[str | None]:
+    return [v.name if v is not None else None for v in node.inputs]
 
 
 def _declared_size(model: onnx.ModelProto, preprocess: contract.Preprocess | None) -> tuple[int, int] | None:

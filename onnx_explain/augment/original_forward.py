@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import onnx
 
-from onnx_explain.normalize import opset_of
+from onnx_explain.normalize import MIN_OPSET, opset_of
 
 
 def _used_names(nodes) -> set[str]:
@@ -47,7 +47,7 @@ def with_original_forward(original: onnx.ModelProto, augmented: onnx.ModelProto,
     """``augmented`` with its forward nodes replaced by ``original``'s; ``added[i]`` tells
     whether ``augmented.graph.node[i]`` is one the augmenter added. Returns ``augmented``
     unchanged where the original forward cannot serve."""
-    if opset_of(original) < 13 or opset_of(original) != opset_of(augmented) or original.ir_version < 4:
+    if opset_of(original) < MIN_OPSET or opset_of(original) != opset_of(augmented) or original.ir_version < 4:
         return augmented  # upgraded: the original nodes have other semantics
     if len(added) != len(augmented.graph.node):
         return augmented
@@ -58,10 +58,10 @@ def with_original_forward(original: onnx.ModelProto, augmented: onnx.ModelProto,
     produced = {o for n in forward.node for o in n.output} | {i.name for i in forward.initializer} | inputs
     if not _used_names(forward.node) <= produced:
         return augmented  # the original reads an input the explain model no longer has (pixels)
-    made = {o for n in new_nodes for o in n.output}
-    carried = [t for t in graph.initializer if t.name not in produced and t.name in _used_names(new_nodes)]
+    made, reads = {o for n in new_nodes for o in n.output}, _used_names(new_nodes)
+    carried = [t for t in graph.initializer if t.name not in produced and t.name in reads]
     available = produced | made | {t.name for t in carried}
-    if not _used_names(new_nodes) <= available or not {o.name for o in graph.output} <= available:
+    if not reads <= available or not {o.name for o in graph.output} <= available:
         return augmented
     result = onnx.ModelProto()
     result.CopyFrom(augmented)

@@ -12,13 +12,15 @@ size downstream of it, in one run of :class:`FoldShapeComputationsPass`).
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 
 class GatherShapeDimsAsVectorsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnx_explain.autodiff.emitter import Emitter  # here: autodiff imports the normaliser
+
         graph = model.graph
+        em = Emitter(graph, prefix="shape_dims")  # its deduplicated integer constants
         modified = False
         for node in list(graph):
             if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or node.inputs[0] is None:
@@ -30,17 +32,11 @@ class GatherShapeDimsAsVectorsPass(ir.passes.InPlacePass):
                     or index is None or index.shape != ir.Shape([]) or axis != 0):
                 continue
             name = node.outputs[0].name
-            vector = ir.Value(name=f"{name}__index", shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64),
-                              const_value=ir.tensor(np.asarray([int(index.numpy())], dtype=np.int64), name=f"{name}__index"))
-            axes = ir.Value(name=f"{name}__axes", shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.INT64),
-                            const_value=ir.tensor(np.asarray([0], dtype=np.int64), name=f"{name}__axes"))
-            graph.register_initializer(vector)
-            graph.register_initializer(axes)
-            picked = ir.Node("", "Gather", [node.inputs[0], vector], attributes=[ir.AttrInt64("axis", 0)],
-                             num_outputs=1, name=f"{node.name}__vector")
+            picked = ir.Node("", "Gather", [node.inputs[0], em.ints([int(index.numpy())])],
+                             attributes=[ir.AttrInt64("axis", 0)], num_outputs=1, name=f"{node.name}__vector")
             picked.outputs[0].name = f"{name}__vector"
             picked.outputs[0].dtype = ir.DataType.INT64
-            squeeze = ir.Node("", "Squeeze", [picked.outputs[0], axes], num_outputs=1, name=f"{node.name}__scalar")
+            squeeze = ir.Node("", "Squeeze", [picked.outputs[0], em.ints([0])], num_outputs=1, name=f"{node.name}__scalar")
             squeeze.outputs[0].dtype = ir.DataType.INT64
             graph.insert_before(node, [picked, squeeze])
             ir.convenience.replace_all_uses_with(node.outputs[0], squeeze.outputs[0])

@@ -17,11 +17,10 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 
-from onnx_explain.normalize.fold_shape_computations import FoldShapeComputationsPass
+from onnx_explain.normalize.fold_shape_computations import _FLOATS, FoldShapeComputationsPass
 from onnx_explain.normalize.infer_shapes import without_large_weights
 
 _PROBES = (2, 3)  # two batch sizes: a size that follows the batch differs between them
-_FLOATS = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 
 
 def _incomplete(value: ir.Value) -> bool:
@@ -41,7 +40,8 @@ class InferBatchDependentShapesPass(ir.passes.InPlacePass):
         wanted = {v.name: v for node in graph for v in node.outputs if v.name and _incomplete(v)}
         if not wanted:
             return ir.passes.PassResult(model, modified=False)
-        probes = [_probe(model, image.name, batch) for batch in _PROBES]
+        light = without_large_weights(model)  # what each probe copies
+        probes = [_probe(light, image.name, batch) for batch in _PROBES]
         if any(p is None for p in probes):
             return ir.passes.PassResult(model, modified=False)
         batch_dim = image.shape[0]
@@ -67,11 +67,11 @@ class InferBatchDependentShapesPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
-def _probe(model: ir.Model, image: str, batch: int) -> dict[str, list[int | None]] | None:
+def _probe(model: onnx.ModelProto, image: str, batch: int) -> dict[str, list[int | None]] | None:
     """Every value's inferred dims on a copy of ``model`` whose image batch is ``batch``
     (``None`` when the copy cannot be analysed: then nothing is learnt)."""
     try:
-        copy = ir.from_proto(without_large_weights(model))
+        copy = ir.from_proto(model)
         source = next(v for v in copy.graph.inputs if v.name == image)
         source.shape = ir.Shape([batch, *list(source.shape)[1:]])
         FoldShapeComputationsPass()(copy)
