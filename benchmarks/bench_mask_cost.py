@@ -69,23 +69,29 @@ def without_masks(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @contextlib.contextmanager
-def hard_masks_removed():
-    """While active, HardSwish's backward is dy and HardSigmoid's dy * alpha (no masks)."""
+def _rules_swapped(swapped: dict):
+    """While active, the operators in ``swapped`` have those backward rules (built only to
+    size a cost: the gradients are wrong)."""
     import onnx_explain.autodiff.rules  # noqa: F401  (registers the rules first)
 
-    saved = {op: RULES[op] for op in ("HardSwish", "HardSigmoid")}
-    RULES["HardSwish"] = lambda ctx: [ctx.dy[0]]
-    RULES["HardSigmoid"] = lambda ctx: [ctx.op("Mul", ctx.dy[0], ctx.scalar(float(ctx.attr("alpha", 0.2))))]
+    saved = {op: RULES[op] for op in swapped}
+    RULES.update(swapped)
     try:
         yield
     finally:
         RULES.update(saved)
 
 
-@contextlib.contextmanager
+def hard_masks_removed():
+    """HardSwish's backward reduced to dy and HardSigmoid's to dy * alpha (no masks)."""
+    return _rules_swapped({
+        "HardSwish": lambda ctx: [ctx.dy[0]],
+        "HardSigmoid": lambda ctx: [ctx.op("Mul", ctx.dy[0], ctx.scalar(float(ctx.attr("alpha", 0.2))))],
+    })
+
+
 def one_multiply_per_activation():
-    """While active, each activation's backward is ``dy`` times what its exact rule reads."""
-    import onnx_explain.autodiff.rules  # noqa: F401  (registers the rules first)
+    """Each activation's backward reduced to ``dy`` times what its exact rule reads."""
 
     def by_output(ctx):
         return [ctx.op("Mul", ctx.dy[0], ctx.y)] + [None] * (len(ctx.node.inputs) - 1)
@@ -93,13 +99,7 @@ def one_multiply_per_activation():
     def by_input(ctx):
         return [ctx.op("Mul", ctx.dy[0], ctx.x)]
 
-    swapped = {"Relu": by_output, "Clip": by_output, "HardSwish": by_input, "HardSigmoid": by_input}
-    saved = {op: RULES[op] for op in swapped}
-    RULES.update(swapped)
-    try:
-        yield
-    finally:
-        RULES.update(saved)
+    return _rules_swapped({"Relu": by_output, "Clip": by_output, "HardSwish": by_input, "HardSigmoid": by_input})
 
 
 def _options(threads: int) -> ort.SessionOptions:
