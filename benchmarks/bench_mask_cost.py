@@ -115,7 +115,8 @@ def _session(model: onnx.ModelProto | str, threads: int) -> ort.InferenceSession
 
 
 def _blocked_session(model: onnx.ModelProto, threads: int, scratch: str) -> ort.InferenceSession:
-    return blocked_mask_session(model, _options(threads), ["CPUExecutionProvider"], scratch)
+    # a folder of its own: the session maps its weights file, which the next one would overwrite
+    return blocked_mask_session(model, _options(threads), ["CPUExecutionProvider"], tempfile.mkdtemp(dir=scratch))
 
 
 def main() -> None:
